@@ -1,0 +1,289 @@
+"""The HTTP API: the classic queue contract and its extensions, one blueprint.
+
+Each endpoint is declared once with `@endpoint(method, path, request model, reply model)`: the
+declaration routes it, validates its input and describes it in /openapi.json, so the contract
+cannot drift from the code. A view takes the parsed request, calls one store method and
+returns a reply model: no SQL, no transactions. Parameters come from the query string, a form
+body or a JSON body (whatever the method and Content-Type say), merged in that order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+from flask import Blueprint, Response, current_app, request
+from pydantic import BaseModel, ValidationError
+
+from . import metrics
+from . import schemas as s
+from .errors import BadRequest, QueueEmpty, TooLarge
+from .store import AppendRequest, Message, Store, get_store, iso_time
+
+bp = Blueprint("api", __name__)
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+Model = TypeVar("Model", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    request: type[s.Request] | None
+    replies: tuple[type[s.Reply], ...]
+    summary: str
+
+
+ENDPOINTS: list[Endpoint] = []
+
+
+def endpoint(method: str, path: str, request_model: type[s.Request] | None,
+             *replies: type[s.Reply]) -> Callable:
+    """Route `view`, parse its request model, serialize the reply model it returns."""
+
+    def decorate(view: Callable[..., s.Reply]) -> Callable[..., s.Reply]:
+        def handle() -> Response:
+            reply = view(parse(request_model)) if request_model else view()
+            return Response(reply.model_dump_json(exclude_none=True), mimetype="application/json")
+
+        bp.add_url_rule(path, view.__name__, handle, methods=[method], strict_slashes=False)
+        ENDPOINTS.append(Endpoint(method, path, request_model, replies,
+                                  (view.__doc__ or "").strip()))
+        return view
+
+    return decorate
+
+
+def _store() -> Store:
+    return get_store(current_app)
+
+
+def _body_params() -> dict[str, Any]:
+    if request.mimetype in FORM_TYPES:
+        return request.form.to_dict()
+    data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+    if not data.strip():
+        return {}
+    try:
+        body = json.loads(data)
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
+    except ValueError:
+        if request.is_json:
+            raise BadRequest("the body is not valid JSON") from None
+        try:  # a form body sent without its Content-Type
+            return dict(parse_qsl(data.decode("utf-8"), strict_parsing=True))
+        except ValueError:
+            raise BadRequest("the body is neither JSON nor a form") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the JSON body must be an object")
+    return body
+
+
+def parse(model: type[Model]) -> Model:
+    """Validate the merged parameters against `model`; any problem is a `bad_request`."""
+    params: dict[str, Any] = request.args.to_dict()
+    params.update(_body_params())
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors()[:3]:
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            problems.append(f"{where}: {error['msg']}")
+        raise BadRequest("invalid request: " + "; ".join(problems)) from None
+
+
+def failure(status: int, code: str, message: str) -> Response:
+    body = s.Failure(error=code, message=message).model_dump_json()
+    return Response(body, status=status, mimetype="application/json")
+
+
+def _messages(found: list[Message]) -> list[s.MessageOut]:
+    return [s.MessageOut(offset=m.offset, message=m.body, ts=iso_time(m.ts_us)) for m in found]
+
+
+# --- topics ----------------------------------------------------------------------------------
+@endpoint("POST", "/topics", s.CreateTopic, s.TopicCreated)
+def create_topic(req: s.CreateTopic) -> s.TopicCreated:
+    """Create a topic (`topic_name`), optionally with its retention."""
+    _store().create_topic(req.topic, req.retention_ms, req.retention_messages)
+    return s.TopicCreated(message=f"Topic '{req.topic}' created successfully")
+
+
+@endpoint("PATCH", "/topics", s.SetRetention, s.Done)
+def set_retention(req: s.SetRetention) -> s.Done:
+    """Change a topic's retention (`retention_ms`, `retention_messages`; 0 = no limit)."""
+    _store().set_retention(req.topic, req.retention_ms, req.retention_messages)
+    return s.Done(message=f"Retention of topic '{req.topic}' updated")
+
+
+@endpoint("DELETE", "/topics", s.TopicRef, s.Done)
+def delete_topic(req: s.TopicRef) -> s.Done:
+    """Delete a topic: its messages, registrations and counters. The name can be reused."""
+    _store().delete_topic(req.topic)
+    return s.Done(message=f"Topic '{req.topic}' deleted")
+
+
+@endpoint("GET", "/topics/describe", s.TopicRef, s.TopicDescription)
+def describe_topic(req: s.TopicRef) -> s.TopicDescription:
+    """A topic's offsets, retention, producers and consumers (names and lags, no ids)."""
+    info = _store().describe(req.topic)
+    return s.TopicDescription(
+        topic=info.topic, messages=info.next_offset - info.first_offset,
+        first_offset=info.first_offset, next_offset=info.next_offset,
+        retention_ms=info.retention_ms, retention_messages=info.retention_messages,
+        created=iso_time(info.created_us), producers=info.producers,
+        consumers=[s.ConsumerOut(name=c.name, position=c.position, lag=c.lag)
+                   for c in info.consumers])
+
+
+@endpoint("GET", "/topics", None, s.TopicList)
+def list_topics() -> s.TopicList:
+    """List the topics' names."""
+    return s.TopicList(topics=_store().list_topics())
+
+
+# --- producers -------------------------------------------------------------------------------
+@endpoint("POST", "/producer/register", s.RegisterProducer, s.ProducerRegistered)
+def register_producer(req: s.RegisterProducer) -> s.ProducerRegistered:
+    """Register a producer for a topic, creating the topic if it is missing."""
+    return s.ProducerRegistered(producer_id=_store().register_producer(req.topic))
+
+
+@endpoint("POST", "/producer/unregister", s.ProducerRef, s.Done)
+def unregister_producer(req: s.ProducerRef) -> s.Done:
+    """Remove a producer's registration for a topic."""
+    _store().unregister_producer(req.topic, req.producer_id)
+    return s.Done(message="Producer unregistered")
+
+
+@endpoint("POST", "/producer/produce", s.Produce, s.Produced)
+def produce(req: s.Produce) -> s.Produced:
+    """Append `message`, or the batch `messages` atomically; `seq` makes a retry safe."""
+    if (req.message is None) == (req.messages is None):
+        raise BadRequest("give either 'message' (or 'log_message') or 'messages'")
+    bodies = [req.message] if req.messages is None else req.messages
+    if not bodies:
+        raise BadRequest("'messages' is empty")
+    max_batch = current_app.config["LQ_MAX_BATCH"]
+    if len(bodies) > max_batch:
+        raise TooLarge(f"a batch holds at most {max_batch} messages, not {len(bodies)}")
+    limit = current_app.config["LQ_MAX_MESSAGE_BYTES"]
+    total = 0
+    for body in bodies:
+        try:
+            size = s.storable_size(body)
+        except ValueError as exc:
+            raise BadRequest(f"a message cannot be stored: {exc}") from None
+        if size > limit:
+            raise TooLarge(f"a message is at most {limit} bytes, not {size}")
+        total += size
+    result = _store().append(req.topic, AppendRequest(req.producer_id, bodies, req.seq))
+    if not result.duplicate:
+        metrics.produced(len(bodies), total)
+    if result.first is None:
+        return s.Produced(duplicate=True)
+    return s.Produced(offsets=[result.first, result.last], duplicate=result.duplicate or None)
+
+
+# --- consumers -------------------------------------------------------------------------------
+@endpoint("POST", "/consumer/register", s.RegisterConsumer, s.ConsumerRegistered)
+def register_consumer(req: s.RegisterConsumer) -> s.ConsumerRegistered:
+    """Register a consumer for an existing topic; a `consumer_name` makes it resumable."""
+    consumer_id = _store().register_consumer(req.topic, req.consumer_name, req.start)
+    return s.ConsumerRegistered(consumer_id=consumer_id)
+
+
+@endpoint("POST", "/consumer/unregister", s.ConsumerRef, s.Done)
+def unregister_consumer(req: s.ConsumerRef) -> s.Done:
+    """Remove a consumer's registration (and its position) for a topic."""
+    _store().unregister_consumer(req.topic, req.consumer_id)
+    return s.Done(message="Consumer unregistered")
+
+
+@endpoint("GET", "/consumer/consume", s.Consume, s.ClassicMessage, s.MessageBatch)
+def consume(req: s.Consume) -> s.ClassicMessage | s.MessageBatch:
+    """Take the next message (classic), or with `max`/`wait_ms` a batch, long-polling."""
+    if req.max is None and req.wait_ms is None:
+        batch = _store().consume(req.topic, req.consumer_id, 1)
+        metrics.consumed([m.body for m in batch.messages])
+        if not batch.messages:
+            raise QueueEmpty(f"Queue for topic '{req.topic}' is empty")
+        first = batch.messages[0]
+        return s.ClassicMessage(message=first.body, log_message=first.body, offset=first.offset,
+                                skipped=batch.skipped or None)
+    wait = (req.wait_ms or 0) / 1000
+    with metrics.waiting(wait):
+        batch = _store().consume(req.topic, req.consumer_id, req.max or 100, wait)
+    metrics.consumed([m.body for m in batch.messages])
+    return s.MessageBatch(messages=_messages(batch.messages), skipped=batch.skipped or None)
+
+
+@endpoint("GET", "/consumer/fetch", s.Fetch, s.FetchedBatch)
+def fetch(req: s.Fetch) -> s.FetchedBatch:
+    """Read a batch from `offset` (default: the position) without moving the position."""
+    wait = (req.wait_ms or 0) / 1000
+    with metrics.waiting(wait):
+        batch, position = _store().fetch(req.topic, req.consumer_id, req.max or 100, wait,
+                                         req.offset)
+    metrics.consumed([m.body for m in batch.messages])
+    return s.FetchedBatch(messages=_messages(batch.messages), position=position,
+                          skipped=batch.skipped or None)
+
+
+@endpoint("POST", "/consumer/commit", s.Commit, s.Position)
+def commit(req: s.Commit) -> s.Position:
+    """Move the position forward to `offset`, the next message to read."""
+    return s.Position(position=_store().commit(req.topic, req.consumer_id, req.offset))
+
+
+@endpoint("GET", "/size", s.ConsumerRef, s.Size)
+def size(req: s.ConsumerRef) -> s.Size:
+    """How many messages wait at or after the consumer's position."""
+    return s.Size(size=_store().size(req.topic, req.consumer_id))
+
+
+# --- operations ------------------------------------------------------------------------------
+@endpoint("GET", "/stats", None, s.Stats)
+def stats() -> s.Stats:
+    """Per topic: messages, offsets, consumers and the largest lag (no ids)."""
+    return s.Stats(topics=[
+        s.TopicStatsOut(topic=t.topic, messages=t.messages, first_offset=t.first_offset,
+                        next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag)
+        for t in _store().stats()])
+
+
+@endpoint("GET", "/healthz", None, s.Health)
+def healthz() -> s.Health:
+    """200 when the database answers, else 503; needs no token."""
+    _store().ping()
+    return s.Health()
+
+
+@endpoint("GET", "/status", None, s.Status)
+def status() -> s.Status:
+    """The database kind and the broker's version, when the database answers."""
+    store = _store()
+    store.ping()
+    return s.Status(database=store.dialect, version=broker_version())
+
+
+@bp.get("/openapi.json", strict_slashes=False)
+def openapi() -> Response:
+    from .openapi import document
+
+    body = json.dumps(document(ENDPOINTS, broker_version()))
+    return Response(body, mimetype="application/json")
+
+
+def broker_version() -> str:
+    try:
+        return version("logqueue")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,55 @@
+"""The broker's failures: one tree, each class carrying its HTTP status and `error` code."""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """A failure the client caused or can act on; rendered as the contract's failure body."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(BrokerError):
+    code = "bad_request"
+
+
+class TopicExists(BrokerError):
+    code = "topic_exists"
+
+
+class UnknownTopic(BrokerError):
+    code = "unknown_topic"
+
+
+class UnknownId(BrokerError):
+    code = "unknown_id"
+
+
+class NotRegistered(BrokerError):
+    code = "not_registered"
+
+
+class QueueEmpty(BrokerError):
+    code = "queue_empty"
+
+
+class Unauthorized(BrokerError):
+    status = 401
+    code = "unauthorized"
+
+
+class TooLarge(BrokerError):
+    status = 413
+    code = "too_large"
+
+
+class Unavailable(BrokerError):
+    """The database did not answer: the client may retry, nothing was acknowledged."""
+
+    status = 503
+    code = "unavailable"

@@ -1,0 +1,105 @@
+"""Group commit: concurrent appends to one topic in one process share one transaction.
+
+Appends to a topic serialize on its counter row anyway, so instead of queueing on a lock each
+request joins a pending group. The first request to arrive while nobody is writing leads: it
+takes every pending request (itself included), writes them in one transaction, hands each its
+outcome, then promotes the oldest newcomer to lead the next group. If a group fails, its
+members are retried one by one so one bad request never fails the others, except when the
+database itself failed (a commit's outcome may then be unknown, and a retry could append twice).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+MAX_GROUP_MESSAGES = 20_000
+
+
+class _Waiter(Generic[Req, Res]):
+    __slots__ = ("request", "size", "done", "promoted", "result", "error")
+
+    def __init__(self, request: Req, size: int) -> None:
+        self.request = request
+        self.size = size
+        self.done = threading.Event()
+        self.promoted = False
+        self.result: Res | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit(Generic[Req, Res]):
+    """Batches `submit` calls into calls of `write_group(requests) -> results` (same order)."""
+
+    def __init__(self, write_group: Callable[[Sequence[Req]], list[Res]],
+                 shared_errors: tuple[type[BaseException], ...] = ()) -> None:
+        """`shared_errors`: failures every member shares (the database is down, or a commit
+        whose outcome is unknown): handed to all, never retried one by one."""
+        self._write_group = write_group
+        self._shared_errors = shared_errors
+        self._mutex = threading.Lock()
+        self._queue: list[_Waiter[Req, Res]] = []
+        self._busy = False
+
+    def submit(self, request: Req, size: int = 1) -> Res:
+        waiter: _Waiter[Req, Res] = _Waiter(request, size)
+        with self._mutex:
+            self._queue.append(waiter)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            waiter.done.wait()
+            if not waiter.promoted:
+                return self._outcome(waiter)
+        self._lead()
+        return self._outcome(waiter)
+
+    def _lead(self) -> None:
+        with self._mutex:
+            take, total = 0, 0
+            for waiter in self._queue:
+                if take and total + waiter.size > MAX_GROUP_MESSAGES:
+                    break
+                take += 1
+                total += waiter.size
+            group, self._queue = self._queue[:take], self._queue[take:]
+        try:
+            self._run(group)
+        finally:
+            with self._mutex:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.promoted = True
+                    successor.done.set()
+                else:
+                    self._busy = False
+            for waiter in group:
+                if not waiter.promoted:
+                    waiter.done.set()
+
+    def _run(self, group: list[_Waiter[Req, Res]]) -> None:
+        try:
+            results = self._write_group([w.request for w in group])
+            for waiter, result in zip(group, results, strict=True):
+                waiter.result = result
+            return
+        except BaseException as exc:  # noqa: BLE001 - retried one by one below
+            if len(group) == 1 or isinstance(exc, self._shared_errors):
+                for waiter in group:
+                    waiter.error = exc
+                return
+        for waiter in group:
+            try:
+                waiter.result = self._write_group([waiter.request])[0]
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+                waiter.error = exc
+
+    @staticmethod
+    def _outcome(waiter: _Waiter[Req, Res]) -> Res:
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result  # type: ignore[return-value]

@@ -1,0 +1,68 @@
+"""The database schema: tables only. Every statement that reads or writes them is in store.py.
+
+Offsets are per topic, gapless, and handed out from `topics.next_offset` under its row lock
+(never from a sequence: sequence values commit out of order). Times are microseconds since
+the Unix epoch (UTC) in a BIGINT, the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+
+SCHEMA_VERSION = 1
+
+db = SQLAlchemy(metadata=MetaData())
+metadata = db.metadata
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+_AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+schema_version = Table(
+    "lq_schema_version", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+)
+
+topics = Table(
+    "lq_topics", metadata,
+    Column("id", _AutoId, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("next_offset", BigInteger, nullable=False, default=0),
+    Column("first_offset", BigInteger, nullable=False, default=0),
+    Column("created_us", BigInteger, nullable=False),
+    # Retention: NULL is "no limit" (then the broker-wide default applies, if any).
+    Column("retention_ms", BigInteger),
+    Column("retention_messages", BigInteger),
+    sqlite_autoincrement=True,  # a deleted topic's id is never reused
+)
+
+messages = Table(
+    "lq_messages", metadata,
+    Column("topic_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("msg_offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("body", Text, nullable=False),
+    Column("ts_us", BigInteger, nullable=False),
+)
+
+producers = Table(
+    "lq_producers", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("topic_id", BigInteger, nullable=False, index=True),
+    # The last applied idempotent seq and the offsets it got, written in the append transaction.
+    Column("last_seq", BigInteger),
+    Column("last_first", BigInteger),
+    Column("last_last", BigInteger),
+    Column("created_us", BigInteger, nullable=False),
+)
+
+consumers = Table(
+    "lq_consumers", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("topic_id", BigInteger, nullable=False),
+    Column("name", String(200)),
+    Column("position", BigInteger, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    # Last time the consumer was used (touched at most every few seconds), for --consumer-ttl.
+    Column("active_us", BigInteger, nullable=False),
+    Index("lq_consumers_topic_name", "topic_id", "name", unique=True),
+)

@@ -1,0 +1,54 @@
+"""Retention runs in the background: bounded pruning rounds, one broker at a time.
+
+The thread starts with the first request a process serves (so after gunicorn forks) and
+never holds a lock that produce needs for longer than one bounded batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+
+from flask import Flask
+
+from .store import get_store
+
+log = logging.getLogger("broker.retention")
+
+UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """'7d', '12h', '30m', '45s', '500ms' or a plain number of milliseconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d|w)?\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (try 7d, 12h, 30m, 45s or 500ms)")
+    return int(match.group(1)) * UNITS_MS[match.group(2) or "ms"]
+
+
+def init_app(app: Flask) -> None:
+    interval = float(app.config["LQ_PRUNE_INTERVAL"])
+    if interval <= 0:
+        return
+    started = threading.Event()
+
+    @app.before_request
+    def start_pruner() -> None:
+        if started.is_set():
+            return
+        started.set()
+        threading.Thread(target=_run, args=(app, interval), name="lq-retention",
+                         daemon=True).start()
+
+
+def _run(app: Flask, interval: float) -> None:
+    store = get_store(app)
+    while True:
+        try:
+            while store.prune():
+                pass  # more to prune: another bounded round at once
+        except Exception as exc:  # noqa: BLE001 - retention must never stop the broker
+            log.warning("retention round failed: %s", exc)
+        time.sleep(interval)  # a schedule, not synchronization

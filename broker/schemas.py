@@ -1,0 +1,225 @@
+"""Each endpoint's request, declared once: validation, aliases and (later) the OpenAPI schema.
+
+Classic clients speak several dialects: the topic arrives as `topic`, `topic_name` or `name`,
+the message as `message` or `log_message`, ids as ints or numeric strings. The aliases live
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+
+TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+MAX_ID = 2**53
+
+TopicName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
+Id = Annotated[int, Field(ge=1, lt=MAX_ID)]
+Offset = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+def storable_size(text: str) -> int:
+    """The UTF-8 size of text both databases store as given: valid Unicode, no NUL
+    (PostgreSQL cannot store it). ValueError says why other text is refused."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    if "\x00" in text:
+        raise ValueError("NUL characters are not allowed")
+    return size
+
+
+def _storable(text: str) -> str:
+    storable_size(text)
+    return text
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
+
+_topic = Field(validation_alias=AliasChoices("topic", "topic_name", "name"),
+               description="The topic; also accepted as `topic_name` or `name`.")
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+RetentionMs = Annotated[int, Field(ge=0, lt=2**53, description="0: no limit by age.")]
+RetentionMessages = Annotated[int, Field(ge=0, lt=2**53, description="0: no limit by count.")]
+
+
+class CreateTopic(Request):
+    topic: TopicName = Field(validation_alias=AliasChoices("topic_name", "topic", "name"))
+    retention_ms: RetentionMs | None = None
+    retention_messages: RetentionMessages | None = None
+
+
+class TopicRef(Request):
+    topic: TopicName = _topic
+
+
+class SetRetention(TopicRef):
+    retention_ms: RetentionMs | None = None
+    retention_messages: RetentionMessages | None = None
+
+
+class ProducerRef(Request):
+    topic: TopicName = _topic
+    producer_id: Id
+
+
+class RegisterProducer(Request):
+    topic: TopicName = _topic
+
+
+class RegisterConsumer(Request):
+    topic: TopicName = _topic
+    consumer_name: Name | None = Field(
+        default=None, description="Same name and topic, same id: a restarted runner resumes.")
+    start: Literal["earliest", "latest"] = Field(
+        default="earliest", validation_alias=AliasChoices("from", "start"))
+
+
+class Produce(Request):
+    topic: TopicName = _topic
+    producer_id: Id
+    message: str | None = Field(default=None,
+                                validation_alias=AliasChoices("message", "log_message"))
+    messages: list[str] | None = Field(default=None, description="An atomic batch.")
+    seq: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(
+        default=None, description="Idempotence: increasing per (producer, topic).")
+
+
+class ConsumerRef(Request):
+    topic: TopicName = _topic
+    consumer_id: Id
+
+
+class Consume(ConsumerRef):
+    max: Annotated[int, Field(ge=1, le=1000)] | None = None
+    wait_ms: Annotated[int, Field(ge=0, le=30000)] | None = None
+
+
+class Fetch(Consume):
+    offset: Offset | None = None
+
+
+class Commit(ConsumerRef):
+    offset: Offset
+
+
+# --- replies ---------------------------------------------------------------------------------
+class Reply(BaseModel):
+    """A success body. Fields left as None are omitted from the JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["success"] = "success"
+
+
+class Failure(BaseModel):
+    status: Literal["failure"] = "failure"
+    error: str = Field(description="A machine-readable code, e.g. unknown_topic.")
+    message: str = Field(description="What went wrong, for people.")
+
+
+class TopicCreated(Reply):
+    message: str
+
+
+class TopicList(Reply):
+    topics: list[str]
+
+
+class ProducerRegistered(Reply):
+    producer_id: int
+
+
+class ConsumerRegistered(Reply):
+    consumer_id: int
+
+
+class Produced(Reply):
+    offsets: list[int] | None = Field(default=None, description="[first, last]; absent for a "
+                                      "duplicate below the last seq.")
+    duplicate: bool | None = None
+
+
+_skipped = Field(default=None, description="Messages removed by retention before the consumer "
+                                           "read them; present only when some were.")
+
+
+class ClassicMessage(Reply):
+    message: str
+    log_message: str
+    offset: int
+    skipped: int | None = _skipped
+
+
+class MessageOut(BaseModel):
+    offset: int
+    message: str
+    ts: str = Field(description="The broker's append time, ISO-8601 UTC.")
+
+
+class MessageBatch(Reply):
+    messages: list[MessageOut]
+    skipped: int | None = _skipped
+
+
+class FetchedBatch(MessageBatch):
+    position: int = Field(description="The consumer's committed position.")
+
+
+class Position(Reply):
+    position: int
+
+
+class Size(Reply):
+    size: int
+
+
+class TopicStatsOut(BaseModel):
+    topic: str
+    messages: int
+    first_offset: int
+    next_offset: int
+    consumers: int
+    max_lag: int
+
+
+class Stats(Reply):
+    topics: list[TopicStatsOut]
+
+
+class Health(Reply):
+    pass
+
+
+class Done(Reply):
+    message: str
+
+
+class ConsumerOut(BaseModel):
+    name: str | None = Field(default=None,
+                             description="Set for named consumers; ids are never shown.")
+    position: int
+    lag: int
+
+
+class TopicDescription(Reply):
+    topic: str
+    messages: int
+    first_offset: int
+    next_offset: int
+    retention_ms: int | None = None
+    retention_messages: int | None = None
+    created: str
+    producers: int
+    consumers: list[ConsumerOut]
+
+
+class Status(Reply):
+    database: str
+    version: str
