@@ -1,0 +1,55 @@
+"""LogQueue client SDK: the classic API (:class:`MyQueue`) and the Pythonic one (:class:`Client`).
+
+::
+
+    from sdk import Client, MyQueue, QueueEmpty
+
+The classic ``Producer`` and ``Consumer`` are in :mod:`sdk.classic` (``MyQueue`` creates them);
+``sdk.Producer`` and ``sdk.Consumer`` are the Pythonic ones. This package never imports the
+broker or Flask.
+"""
+
+from sdk.classic import MyQueue
+from sdk.client import Client, Consumer, Message, Producer, SendResult, TopicStats
+from sdk.exceptions import (
+    BadRequest,
+    BrokerUnavailable,
+    InternalError,
+    LogQueueError,
+    MethodNotAllowed,
+    NotFound,
+    NotRegistered,
+    ProtocolError,
+    QueueEmpty,
+    TooLarge,
+    TopicExists,
+    Unauthorized,
+    UnknownId,
+    UnknownTopic,
+)
+from sdk.transport import Transport
+
+__all__ = [
+    "BadRequest",
+    "BrokerUnavailable",
+    "Client",
+    "Consumer",
+    "InternalError",
+    "LogQueueError",
+    "Message",
+    "MethodNotAllowed",
+    "MyQueue",
+    "NotFound",
+    "NotRegistered",
+    "Producer",
+    "ProtocolError",
+    "QueueEmpty",
+    "SendResult",
+    "TooLarge",
+    "TopicExists",
+    "TopicStats",
+    "Transport",
+    "Unauthorized",
+    "UnknownId",
+    "UnknownTopic",
+]
