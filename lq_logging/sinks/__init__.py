@@ -1,0 +1,280 @@
+"""Sinks: where ``lq consume`` writes the records it drains from topics.
+
+A sink is any object with three methods::
+
+    class MySink:
+        def write(self, batch: list[Entry]) -> None: ...   # may raise Rejected(...)
+        def flush(self) -> None: ...                        # durable once it returns
+        def close(self) -> None: ...
+
+``write`` gets one batch of :class:`Entry` (topic, offset, broker time, the decoded record
+and the raw message). The runner calls ``write`` on every sink, then ``flush`` on every sink,
+and commits only when all of them returned. Any exception is a *transient* failure: the
+runner retries that sink with backoff, and stops the pipeline (without committing) when it
+keeps failing. A sink that refuses some records *for good* (a 4xx from an HTTP endpoint, a
+row the database cannot store) raises :class:`Rejected` after writing the others; those
+records go to the dead-letter file with the reason, and the batch is committed.
+
+A SPEC names a sink on the command line (``--sink``)::
+
+    stdout | stdout:json              human text (colours on a TTY) or JSON lines
+    file:PATH[?format=text&max_bytes=10MB&backups=5&fsync=false]
+    sql:DATABASE_URL                  SQLAlchemy url (sqlite:///..., postgresql://...)
+    http://... | https://...          POST JSON batches
+    logging                           re-emit into this process's stdlib handlers
+    package.module:Class              a user sink, built with no arguments
+
+In a TOML config a sink is a table with ``spec`` (or ``type``) plus keyword options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl
+
+import click
+
+
+@dataclass(slots=True)
+class Entry:
+    """One message drained from a topic, as a sink sees it.
+
+    Attributes:
+        topic: the topic it came from.
+        offset: its offset in that topic; (topic, offset) identifies it for good.
+        record: the decoded record (the handler's JSON object), or ``{"message": raw}`` when
+            the message was not a JSON object (a classic producer's plain text).
+        raw: the message text exactly as the broker stored it.
+        ts: the broker's append time (UTC), when known.
+    """
+
+    topic: str
+    offset: int
+    record: dict[str, Any]
+    raw: str
+    ts: datetime | None = None
+
+    @classmethod
+    def decode(cls, topic: str, offset: int, raw: str, ts: datetime | None = None) -> Entry:
+        """Decode ``raw``: a JSON object is the record; anything else becomes
+        ``{"message": raw}``."""
+        record: Any = None
+        if raw[:1] == "{":
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+        if not isinstance(record, dict):
+            record = {"message": raw}
+        return cls(topic, offset, record, raw, ts)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the runner needs from a sink (duck-typed; no base class required)."""
+
+    def write(self, batch: list[Entry]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SinkError(Exception):
+    """A sink could not be built or configured (bad SPEC, unreachable database at start)."""
+
+
+@dataclass
+class Rejected(Exception):  # noqa: N818 - it names what happened to the records
+    """Raised by ``write`` for records refused for good; the others were written.
+
+    Attributes:
+        rejects: (entry, reason) pairs; the runner dead-letters them.
+    """
+
+    rejects: list[tuple[Entry, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{len(self.rejects)} record(s) rejected"
+
+
+# --- helpers shared by the sinks ---------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def parse_size(value: int | str) -> int:
+    """``10MB``, ``512k``, ``1GiB`` or an int -> bytes (binary units)."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"not a size: {value!r}")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_bool(value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+LEVEL_COLOURS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m",
+                 "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+RESET = "\x1b[0m"
+
+
+def format_text(entry: Entry, *, colour: bool = False) -> str:
+    """One human line: ``TIME LEVEL logger: message`` (+ exception and stack text)."""
+    rec = entry.record
+    when = rec.get("time") or (entry.ts.isoformat() if entry.ts else "-")
+    level = str(rec.get("level") or "-")
+    logger = rec.get("logger")
+    message = rec.get("message")
+    if not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False, default=repr)
+    head = f"{level:<8}"
+    if colour:
+        head = f"{LEVEL_COLOURS.get(level, '')}{head}{RESET}"
+    line = f"{when} {head} {logger}: {message}" if logger else f"{when} {head} {message}"
+    for key in ("exception", "stack"):
+        if rec.get(key):
+            line += "\n" + str(rec[key]).rstrip("\n")
+    return line
+
+
+def dumps(record: Mapping[str, Any]) -> str:
+    """A record as one compact JSON line (no newline), non-JSON values as repr."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
+# --- SPEC parsing and loading --------------------------------------------------------------
+
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def _split_options(rest: str) -> tuple[str, dict[str, str]]:
+    """``PATH?key=value&...`` -> (PATH, options)."""
+    if "?" not in rest:
+        return rest, {}
+    path, _, query = rest.partition("?")
+    return path, dict(parse_qsl(query, keep_blank_values=True))
+
+
+def import_attribute(dotted: str) -> Any:
+    """``package.module:Class`` (or ``package.module.Class``) -> the attribute."""
+    module_name, sep, attr = dotted.partition(":")
+    if not sep:
+        module_name, _, attr = dotted.rpartition(".")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_sink(spec: str, options: Mapping[str, Any] | None = None) -> Sink:
+    """Build the sink a SPEC (plus keyword ``options``, e.g. from TOML) names.
+
+    Raises:
+        SinkError: the SPEC is unknown, the options are wrong, or the sink failed to open.
+    """
+    options = dict(options or {})
+    spec = spec.strip()
+    try:
+        if spec in ("stdout", "stdout:json", "stdout:text"):
+            from lq_logging.sinks.stdout import StdoutSink
+
+            if spec == "stdout:json":
+                options.setdefault("format", "json")
+            return StdoutSink(**options)
+        if spec.startswith("file:"):
+            from lq_logging.sinks.file import FileSink
+
+            path, query = _split_options(spec[len("file:"):])
+            if not path:
+                raise SinkError("file: needs a path, e.g. file:/var/log/app.jsonl")
+            return FileSink(path, **{**query, **options})
+        if spec.startswith("sql:"):
+            from lq_logging.sinks.sql import SQLSink
+
+            return SQLSink(spec[len("sql:"):], **options)
+        if spec.startswith(("http://", "https://")):
+            from lq_logging.sinks.http import HTTPSink
+
+            return HTTPSink(spec, **options)
+        if spec == "logging" or spec.startswith("logging:"):
+            from lq_logging.sinks.logging import LoggingSink
+
+            _, query = _split_options(spec[len("logging"):])
+            return LoggingSink(**{**query, **options})
+        if _DOTTED.match(spec):
+            return _user_sink(spec, options)
+    except SinkError:
+        raise
+    except TypeError as exc:  # unknown or missing keyword options
+        raise SinkError(f"{spec}: bad options: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a configuration error
+        raise SinkError(f"{spec}: {type(exc).__name__}: {exc}") from exc
+    raise SinkError(f"unknown sink {spec!r}; expected stdout, stdout:json, file:PATH, "
+                    "sql:DATABASE_URL, http(s)://URL, logging or package.module:Class")
+
+
+def _user_sink(spec: str, options: Mapping[str, Any]) -> Sink:
+    try:
+        cls = import_attribute(spec)
+    except (ImportError, AttributeError) as exc:
+        raise SinkError(f"cannot import {spec!r}: {exc}") from exc
+    if not callable(cls):
+        raise SinkError(f"{spec!r} is not a class or factory")
+    sink = cls(**options)
+    if not callable(getattr(sink, "write", None)):
+        raise SinkError(f"{spec!r} has no write(batch) method")
+    return _Completed(sink) if not isinstance(sink, Sink) else sink
+
+
+class _Completed:
+    """A user sink with only ``write``: ``flush`` and ``close`` default to no-ops."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def write(self, batch: list[Entry]) -> None:
+        self.sink.write(batch)
+
+    def flush(self) -> None:
+        if callable(getattr(self.sink, "flush", None)):
+            self.sink.flush()
+
+    def close(self) -> None:
+        if callable(getattr(self.sink, "close", None)):
+            self.sink.close()
+
+    def __repr__(self) -> str:
+        return repr(self.sink)
+
+
+def sink_param(spec: str, options: Mapping[str, Any] | None = None,
+               param_hint: str = "--sink") -> Sink:
+    """:func:`build_sink`, with failures as a :class:`click.BadParameter` naming ``--sink``."""
+    try:
+        return build_sink(spec, options)
+    except SinkError as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from exc
+
+
+__all__ = ["Entry", "Rejected", "Sink", "SinkError", "build_sink", "dumps", "format_text",
+           "import_attribute", "parse_bool", "parse_size", "sink_param"]

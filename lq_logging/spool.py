@@ -1,0 +1,295 @@
+"""The disk spool: batches the broker could not take yet, in order, one file per process.
+
+A :class:`Spool` is one append-only file, ``lq-<pid>-<token>.spool`` in the spool
+directory, held with ``flock(LOCK_EX)`` for as long as it is open. Each line is one JSON
+entry, written with a single ``write`` on an ``O_APPEND`` descriptor:
+
+* ``{"op": "b", "id": 7, "t": topic, "p": producer_id|null, "s": seq|null, "m": [...]}``:
+  a batch. ``p``/``s`` are null when the batch was spooled before it was ever sent.
+* ``{"op": "a", "id": 7, "p": producer_id, "s": seq}``: the batch was given this producer
+  id and seq; written *before* the batch is sent, so a replay after a crash repeats the
+  same seq and the broker appends it once.
+* ``{"op": "d", "id": 7}``: the batch is done (acknowledged by the broker, or dropped
+  because the spool was over its bound). Done batches are never sent again.
+
+A process that dies leaves its file behind, unlocked. :func:`adopt_orphans` (run when a
+handler starts) locks every such file it finds, checks that the path still names the
+inode it locked (a rewrite or unlink may have replaced it meanwhile), and hands the live
+batches over to be delivered first. A torn last line (kill -9 during a write) is ignored
+and cut off.
+
+Only done batches are forgotten: the file is truncated once nothing is live, and rewritten
+(into a locked temporary file, then renamed over the old one) when done entries dominate.
+The spool is not thread-safe: one sender thread owns it (see ``handler.py``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+SUFFIX = ".spool"
+#: Rewrite the file when done entries take more than this many bytes (and more than live).
+COMPACT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class SpoolBatch:
+    """One live batch: where it is in the file, and the id/seq it was given, if any."""
+
+    id: int
+    topic: str
+    producer_id: int | None
+    seq: int | None
+    count: int
+    offset: int
+    length: int
+
+
+class Spool:
+    """One locked spool file (see the module docstring). Use :meth:`create` or :func:`adopt`."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.batches: deque[SpoolBatch] = deque()
+        self._by_id: dict[int, SpoolBatch] = {}
+        self._next_id = 1
+        self._size = 0
+        self._live_bytes = 0
+        self.live_records = 0
+        self.closed = False
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str) -> Spool:
+        """A new, empty spool file for this process in ``directory`` (created if missing)."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"lq-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                     0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return cls(path, fd)
+
+    @classmethod
+    def adopt(cls, path: str) -> Spool | None:
+        """Lock ``path`` if nobody holds it and load its live batches; else ``None``."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            # The owner may have renamed a rewrite over it or unlinked it before we locked.
+            if os.fstat(fd).st_ino != os.stat(path).st_ino or os.fstat(fd).st_nlink == 0:
+                os.close(fd)
+                return None
+        except OSError:
+            os.close(fd)
+            return None
+        spool = cls(path, fd)
+        spool._load()
+        return spool
+
+    def _load(self) -> None:
+        size = os.fstat(self.fd).st_size
+        data = os.pread(self.fd, size, 0) if size else b""
+        pos = 0
+        good_end = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break  # a torn last write
+            line = data[pos:end]
+            try:
+                entry = json.loads(line)
+                self._apply(entry, pos, end + 1 - pos)
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged line: skip it
+            pos = end + 1
+            good_end = pos
+        if good_end < size:
+            os.ftruncate(self.fd, good_end)
+        self._size = good_end
+
+    def _apply(self, entry: dict, offset: int, length: int) -> None:
+        op = entry["op"]
+        bid = int(entry["id"])
+        self._next_id = max(self._next_id, bid + 1)
+        if op == "b":
+            batch = SpoolBatch(bid, str(entry["t"]), entry.get("p"), entry.get("s"),
+                               len(entry["m"]), offset, length)
+            self._by_id[bid] = batch
+            self.batches.append(batch)
+            self.live_records += batch.count
+            self._live_bytes += length
+        elif op == "a":
+            batch = self._by_id.get(bid)
+            if batch is not None:
+                batch.producer_id, batch.seq = int(entry["p"]), int(entry["s"])
+        elif op == "d":
+            batch = self._by_id.pop(bid, None)
+            if batch is not None:
+                self.batches.remove(batch)
+                self.live_records -= batch.count
+                self._live_bytes -= batch.length
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _write(self, entry: dict) -> tuple[int, int]:
+        data = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+            "utf-8", "surrogatepass")
+        offset = self._size
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self._size += len(data)
+        return offset, len(data)
+
+    def append(self, topic: str, messages: Sequence[str], producer_id: int | None = None,
+               seq: int | None = None) -> SpoolBatch:
+        """Write one batch at the end; return it."""
+        bid = self._next_id
+        self._next_id += 1
+        offset, length = self._write({"op": "b", "id": bid, "t": topic, "p": producer_id,
+                                      "s": seq, "m": list(messages)})
+        batch = SpoolBatch(bid, topic, producer_id, seq, len(messages), offset, length)
+        self._by_id[bid] = batch
+        self.batches.append(batch)
+        self.live_records += batch.count
+        self._live_bytes += length
+        return batch
+
+    def assign(self, batch: SpoolBatch, producer_id: int, seq: int) -> None:
+        """Record the producer id and seq ``batch`` is about to be sent with."""
+        self._write({"op": "a", "id": batch.id, "p": producer_id, "s": seq})
+        batch.producer_id, batch.seq = producer_id, seq
+
+    def done(self, batch: SpoolBatch) -> None:
+        """Forget ``batch`` (acknowledged, or dropped)."""
+        if self._by_id.pop(batch.id, None) is None:
+            return
+        self.batches.remove(batch)
+        self.live_records -= batch.count
+        self._live_bytes -= batch.length
+        if not self.batches:
+            os.ftruncate(self.fd, 0)
+            self._size = 0
+            return
+        self._write({"op": "d", "id": batch.id})
+        dead = self._size - self._live_bytes
+        if dead > COMPACT_BYTES and dead > self._live_bytes:
+            self._rewrite()
+
+    def trim(self, max_bytes: int) -> int:
+        """Drop the oldest batches until the live ones fit in ``max_bytes`` (the newest one
+        always stays); return how many records were dropped."""
+        lost = 0
+        while len(self.batches) > 1 and self._live_bytes > max_bytes:
+            batch = self.batches[0]
+            lost += batch.count
+            self.done(batch)
+        return lost
+
+    def read(self, batch: SpoolBatch) -> list[str]:
+        """The messages of ``batch``."""
+        data = os.pread(self.fd, batch.length, batch.offset)
+        return list(json.loads(data)["m"])
+
+    def head(self) -> SpoolBatch | None:
+        return self.batches[0] if self.batches else None
+
+    def __iter__(self) -> Iterator[SpoolBatch]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _rewrite(self) -> None:
+        """Copy the live batches into a new locked file and rename it over this one."""
+        tmp = f"{self.path}.tmp-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        old_fd, batches = self.fd, list(self.batches)
+        messages = [self.read(b) for b in batches]
+        self.fd, self._size, self._live_bytes, self.live_records = fd, 0, 0, 0
+        self.batches.clear()
+        self._by_id.clear()
+        for batch, msgs in zip(batches, messages, strict=True):
+            offset, length = self._write({"op": "b", "id": batch.id, "t": batch.topic,
+                                          "p": batch.producer_id, "s": batch.seq, "m": msgs})
+            batch.offset, batch.length = offset, length
+            self._by_id[batch.id] = batch
+            self.batches.append(batch)
+            self.live_records += batch.count
+            self._live_bytes += length
+        os.replace(tmp, self.path)
+        os.close(old_fd)
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file: removed when nothing is live, else left for another process."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.batches:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self.fd)
+
+    def abandon(self) -> None:
+        """Close an inherited descriptor in a forked child without unlocking the parent's
+        file (``flock`` stays held while the parent's descriptor is open)."""
+        if not self.closed:
+            self.closed = True
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+
+def adopt_orphans(directory: str, exclude: Sequence[str] = ()) -> list[Spool]:
+    """Lock and load every spool file in ``directory`` that no live process holds.
+
+    Files with nothing live are removed. Oldest files (by modification time) come first.
+    """
+    try:
+        names = [n for n in os.listdir(directory) if n.endswith(SUFFIX)]
+    except OSError:
+        return []
+    paths = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if path in exclude:
+            continue
+        try:
+            paths.append((os.stat(path).st_mtime, path))
+        except OSError:
+            continue
+    adopted: list[Spool] = []
+    for _, path in sorted(paths):
+        spool = Spool.adopt(path)
+        if spool is None:
+            continue
+        if not spool.batches:
+            spool.close()
+            continue
+        adopted.append(spool)
+    return adopted
+
+
+__all__ = ["Spool", "SpoolBatch", "adopt_orphans"]
