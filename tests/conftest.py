@@ -1,0 +1,68 @@
+"""Fixtures shared by every test module: real brokers, fresh databases, no mocks."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support import BrokerProcess, create_pg_database, drop_pg_database, postgres_available
+
+# The tests choose their own configuration; a developer's environment must not leak in.
+_KEEP = ("LQ_REQUIRE_POSTGRES", "LQ_REQUIRE_BROWSER")
+for _key in [k for k in os.environ if k.startswith("LQ_") and k not in _KEEP]:
+    del os.environ[_key]
+
+REQUIRE_POSTGRES = os.environ.get("LQ_REQUIRE_POSTGRES") == "1"
+
+
+def _module_slug(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", request.module.__name__.lower())[-30:]
+
+
+@pytest.fixture(scope="module")
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test module, dropped afterwards."""
+    reason = postgres_available()
+    if reason:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"LQ_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    url = create_pg_database(_module_slug(request))
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each storage test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "logqueue.db"
+        return f"sqlite:///{path}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="module")
+def broker(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One real `lq broker` per module and database."""
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with BrokerProcess(db_url, log_path=log) as proc:
+        yield proc
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start extra brokers (custom args, tokens, several on one database); all stopped after."""
+    started: list[BrokerProcess] = []
+
+    def start(db_url: str, **kwargs: object) -> BrokerProcess:
+        kwargs.setdefault("log_path", tmp_path / f"broker{len(started)}.log")
+        proc = BrokerProcess(db_url, **kwargs).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

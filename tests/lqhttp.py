@@ -1,0 +1,205 @@
+"""Raw HTTP helpers for the broker tests: plain ``requests``, no SDK.
+
+Every reply goes through :func:`parse`, which enforces the part of the contract that holds for
+all responses: JSON (never HTML, never a stack trace), a ``status`` of ``success`` or
+``failure``, a failure carries an ``error`` code and a human ``message``, and no 5xx (the
+database is up in every test, so a 5xx is a broker bug).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+
+ID_LIMIT = 2**53
+ID_FIELDS = ("producer_id", "consumer_id")
+
+# How a client sends its parameters; the broker accepts every one of them on every endpoint.
+# "json-strids": JSON body with the ids as numeric strings; "json-textplain" and "json-noctype":
+# a JSON body whose Content-Type says something else or nothing at all.
+DIALECTS = ("query", "form", "json", "json-strids", "json-textplain", "json-noctype")
+JSON_DIALECTS = ("json", "json-strids", "json-textplain", "json-noctype")
+TOPIC_KEYS = ("topic", "topic_name", "name")
+MESSAGE_KEYS = ("message", "log_message")
+
+
+def unique_topic(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def is_id(value: object) -> bool:
+    return type(value) is int and 0 < value < ID_LIMIT
+
+
+def parse_ts(value: object) -> datetime:
+    """An ISO-8601 timestamp; when it carries a zone, it must be UTC."""
+    assert isinstance(value, str), f"ts is not a string: {value!r}"
+    ts = datetime.fromisoformat(value)
+    if ts.tzinfo is not None:
+        assert ts.utcoffset().total_seconds() == 0, f"ts is not UTC: {value}"
+    else:
+        ts = ts.replace(tzinfo=UTC)
+    return ts
+
+
+@dataclass
+class Reply:
+    code: int
+    body: dict[str, Any]
+    request: str
+
+    def __str__(self) -> str:
+        return f"{self.request} -> {self.code} {json.dumps(self.body)[:400]}"
+
+
+def _describe(method: str, url: str, kwargs: dict[str, Any]) -> str:
+    shown = {k: v for k, v in kwargs.items() if k in ("params", "json", "data", "headers")}
+    text = f"{method} {url} {shown!r}"
+    return text if len(text) < 600 else text[:600] + "...(truncated)"
+
+
+def parse(resp: requests.Response, request: str) -> Reply:
+    where = f"{request} -> {resp.status_code} {resp.text[:300]!r}"
+    assert resp.status_code < 500, f"5xx: {where}"
+    ctype = resp.headers.get("Content-Type", "")
+    assert ctype.startswith("application/json"), f"not JSON (Content-Type {ctype!r}): {where}"
+    assert "<html" not in resp.text.lower() and "Traceback" not in resp.text, f"HTML/trace: {where}"
+    try:
+        body = resp.json()
+    except ValueError as exc:
+        raise AssertionError(f"unparseable JSON: {where}") from exc
+    assert isinstance(body, dict), f"body is not an object: {where}"
+    if resp.status_code == 200:
+        assert body.get("status") == "success", f"200 without status success: {where}"
+    else:
+        assert body.get("status") == "failure", f"{resp.status_code} without failure: {where}"
+        assert isinstance(body.get("error"), str) and body["error"], f"no error code: {where}"
+        assert isinstance(body.get("message"), str) and body["message"], f"no message: {where}"
+    return Reply(resp.status_code, body, request)
+
+
+class Api:
+    """One broker, one ``requests.Session`` (use one Api per thread)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 15.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token is not None:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.close()
+
+    # --- raw ----------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, fields: dict[str, Any] | None = None, *,
+                dialect: str = "json", slash: bool = False, data: Any = None,
+                headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
+        """Send ``fields`` the way ``dialect`` says (or a raw ``data`` body) and parse the reply."""
+        kwargs: dict[str, Any] = {"headers": dict(headers or {})}
+        if data is not None:
+            kwargs["data"] = data
+        elif fields is not None:
+            if dialect == "query":
+                kwargs["params"] = fields
+            elif dialect == "form":
+                kwargs["data"] = fields
+            elif dialect == "json":
+                kwargs["json"] = fields
+            elif dialect == "json-strids":
+                kwargs["json"] = {k: str(v) if k in ID_FIELDS else v for k, v in fields.items()}
+            elif dialect == "json-textplain":
+                kwargs["data"] = json.dumps(fields).encode()
+                kwargs["headers"].setdefault("Content-Type", "text/plain")
+            elif dialect == "json-noctype":
+                kwargs["data"] = json.dumps(fields).encode()
+            else:
+                raise ValueError(dialect)
+        url = self.url + path + ("/" if slash and not path.endswith("/") else "")
+        resp = self.session.request(method, url, timeout=timeout or self.timeout,
+                                    allow_redirects=False, **kwargs)
+        return parse(resp, _describe(method, url, kwargs))
+
+    def ok(self, method: str, path: str, fields: dict[str, Any] | None = None,
+           **kwargs: Any) -> dict[str, Any]:
+        reply = self.request(method, path, fields, **kwargs)
+        assert reply.code == 200, f"expected 200 success: {reply}"
+        return reply.body
+
+    def fail(self, method: str, path: str, fields: dict[str, Any] | None, code: int,
+             error: str | tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
+        reply = self.request(method, path, fields, **kwargs)
+        errors = (error,) if isinstance(error, str) else error
+        assert (reply.code, reply.body.get("error")) in [(code, e) for e in errors], (
+            f"expected {code} {'|'.join(errors)}: {reply}")
+        return reply.body
+
+    # --- the endpoints, JSON dialect ------------------------------------------------------
+
+    def create_topic(self, name: str) -> None:
+        self.ok("POST", "/topics", {"topic_name": name})
+
+    def topics(self) -> list[str]:
+        return self.ok("GET", "/topics")["topics"]
+
+    def producer(self, topic: str) -> int:
+        pid = self.ok("POST", "/producer/register", {"topic": topic})["producer_id"]
+        assert is_id(pid), pid
+        return pid
+
+    def consumer(self, topic: str, **extra: Any) -> int:
+        cid = self.ok("POST", "/consumer/register", {"topic": topic, **extra})["consumer_id"]
+        assert is_id(cid), cid
+        return cid
+
+    def produce(self, topic: str, pid: int, message: str | None = None, *,
+                messages: list[str] | None = None, seq: int | None = None) -> dict[str, Any]:
+        fields: dict[str, Any] = {"topic": topic, "producer_id": pid}
+        if messages is not None:
+            fields["messages"] = messages
+        else:
+            fields["message"] = message
+        if seq is not None:
+            fields["seq"] = seq
+        return self.ok("POST", "/producer/produce", fields)
+
+    def consume(self, topic: str, cid: int) -> Reply:
+        """Classic consume: 200 with one message, or 400 queue_empty."""
+        return self.request("GET", "/consumer/consume", {"topic": topic, "consumer_id": cid})
+
+    def consume_batch(self, topic: str, cid: int, max: int = 100, wait_ms: int = 0,
+                      ) -> list[dict[str, Any]]:
+        body = self.ok("GET", "/consumer/consume",
+                       {"topic": topic, "consumer_id": cid, "max": max, "wait_ms": wait_ms},
+                       timeout=wait_ms / 1000 + self.timeout)
+        assert isinstance(body.get("messages"), list), body
+        return body["messages"]
+
+    def fetch(self, topic: str, cid: int, **extra: Any) -> dict[str, Any]:
+        return self.ok("GET", "/consumer/fetch", {"topic": topic, "consumer_id": cid, **extra},
+                       timeout=extra.get("wait_ms", 0) / 1000 + self.timeout)
+
+    def commit(self, topic: str, cid: int, offset: int) -> int:
+        return self.ok("POST", "/consumer/commit",
+                       {"topic": topic, "consumer_id": cid, "offset": offset})["position"]
+
+    def size(self, topic: str, cid: int) -> int:
+        return self.ok("GET", "/size", {"topic": topic, "consumer_id": cid})["size"]
+
+    def read_all(self, topic: str, cid: int) -> list[dict[str, Any]]:
+        """Every message from offset 0 through fetch (no position moves)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            batch = self.fetch(topic, cid, offset=len(out), max=1000)["messages"]
+            if not batch:
+                return out
+            out.extend(batch)

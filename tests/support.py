@@ -1,0 +1,162 @@
+"""Real processes and real databases for the tests: no mocks, no sleeps as synchronization."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+PG_ADMIN_DSN = os.environ.get("LQ_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+LQ = str(Path(sys.executable).with_name("lq"))
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the predicate may fail until ready
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}"
+                                 + (f" (last error: {last_error!r})" if last_error else ""))
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LQ_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class BrokerProcess:
+    """``lq broker`` as a subprocess on a free port; ready once /healthz answers."""
+
+    def __init__(self, db_url: str, *, token: str | None = None, args: list[str] | None = None,
+                 port: int | None = None, log_path: Path | None = None) -> None:
+        self.db_url = db_url
+        self.token = token
+        self.args = list(args or [])
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> BrokerProcess:
+        env = clean_env()
+        if self.token:
+            env["LQ_TOKEN"] = self.token
+        cmd = [LQ, "broker", "--host", "127.0.0.1", "--port", str(self.port), "--db", self.db_url,
+               *self.args]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if self.log_path:
+            out.close()
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}: {self.tail_log()}")
+            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    return self
+            except RuntimeError:
+                raise
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"broker did not become ready: {self.tail_log()}")
+            time.sleep(0.02)
+
+    def tail_log(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")[-3000:]
+        return "(no log)"
+
+    def kill(self) -> None:
+        """kill -9 the whole process group (gunicorn arbiter and workers)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def __enter__(self) -> BrokerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers, else the reason it does not."""
+    try:
+        import psycopg2
+
+        psycopg2.connect(PG_ADMIN_DSN, connect_timeout=3).close()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL unreachable at {PG_ADMIN_DSN}: {exc}".strip()
+
+
+def create_pg_database(prefix: str) -> str:
+    import psycopg2
+
+    name = f"lqt_{prefix}_{secrets.token_hex(4)}".lower()[:60]
+    conn = psycopg2.connect(PG_ADMIN_DSN)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    import psycopg2
+
+    name = url.rsplit("/", 1)[1]
+    conn = psycopg2.connect(PG_ADMIN_DSN)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    conn.close()

@@ -1,0 +1,138 @@
+"""`lq consume` options: help, SPEC errors, --dry-run, TOML pipelines with filters, the
+environment, topic creation, --progress."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+
+from support import wait_until
+from test_runner_helpers import (
+    count_lines,
+    make_record,
+    new_topic,
+    position,
+    produce_records,
+    read_jsonl,
+    run_once,
+    runners,  # noqa: F401 - fixture
+    sqlite_broker,  # noqa: F401 - fixture
+    start_runner,
+)
+
+
+def test_help_has_examples(tmp_path: Path) -> None:
+    done = run_once(["--help"], tmp_path)
+    assert done.returncode == 0
+    assert "Examples:" in done.stdout and "lq consume --config runner.toml" in done.stdout
+    assert "LQ_URL" in done.stdout and "file:PATH" in done.stdout
+
+
+def test_bad_sink_specs_name_the_option(tmp_path: Path) -> None:
+    for spec, words in [("nonsense", "unknown sink"),
+                        ("no_such_module_x:Sink", "cannot import"),
+                        ("file:/x?format=yaml", "format"),
+                        ("sql:mysql://u@h/db", "sql")]:
+        done = run_once(["--topic", "t", "--sink", spec], tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "Invalid value for --sink" in done.stderr and words in done.stderr, done.stderr
+    done = run_once(["--topic", "t"], tmp_path)
+    assert done.returncode == 2 and "--sink" in done.stderr
+
+
+def test_dry_run_validates_without_consuming(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+    topic = new_topic("dry")
+    produce_records(sqlite_broker.url, topic, [make_record(i) for i in range(5)])
+    config = tmp_path / "runner.toml"
+    config.write_text(textwrap.dedent(f"""
+        url = "{sqlite_broker.url}"
+        [[pipeline]]
+        name = "dry"
+        topics = ["{topic}"]
+        min_level = "warning"
+        sinks = ["stdout", "file:{tmp_path / 'dry.jsonl'}"]
+    """))
+    done = run_once(["--config", str(config), "--dry-run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "configuration OK" in done.stdout and "level >= 30" in done.stdout
+    assert position(sqlite_broker.url, topic, "dry") == 0
+
+    config.write_text(config.read_text().replace('"stdout"', '"sql:postgresql://nobody@127.0.0.1:1/x"'))
+    done = run_once(["--config", str(config), "--dry-run"], tmp_path)
+    assert done.returncode == 2
+    assert "--config (pipeline 'dry', sink 1)" in done.stderr
+
+    config.write_text(config.read_text() + "\nmin_levle = 3\n")
+    done = run_once(["--config", str(config), "--dry-run"], tmp_path)
+    assert done.returncode == 2 and "min_levle" in done.stderr
+
+
+def test_two_pipelines_with_filters(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+    app, worker = new_topic("app"), new_topic("worker")
+    records = [make_record(i) for i in range(200)]
+    produce_records(sqlite_broker.url, app, records[:100])
+    produce_records(sqlite_broker.url, worker, records[100:])
+    warn, db = tmp_path / "warn.jsonl", tmp_path / "db.jsonl"
+    config = tmp_path / "runner.toml"
+    config.write_text(textwrap.dedent(f"""
+        url = "{sqlite_broker.url}"
+        until_empty = true
+        [[pipeline]]
+        name = "warnings"
+        topics = ["{app}", "{worker}"]
+        min_level = "WARNING"
+        wait = 0.2
+        sinks = ["file:{warn}"]
+        [[pipeline]]
+        name = "db"
+        topic = "{app}"
+        logger_prefix = ["app.db"]
+        wait = 0.2
+        [[pipeline.sink]]
+        type = "file"
+        path = "{db}"
+    """))
+    done = run_once(["--config", str(config)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    got = read_jsonl(warn)
+    assert sorted(got, key=lambda r: r["extra"]["order_id"]) == [
+        r for r in records if r["levelno"] >= 30]
+    assert read_jsonl(db) == [r for r in records[:100] if r["logger"] == "app.db"]
+    # filtered-out records are committed too
+    assert position(sqlite_broker.url, app, "warnings") == 100
+    assert position(sqlite_broker.url, worker, "warnings") == 100
+    assert position(sqlite_broker.url, app, "db") == 100
+
+
+def test_missing_topic_is_created_and_env_gives_the_url(sqlite_broker, runners,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    topic = new_topic("later")
+    out = tmp_path / "later.jsonl"
+    runner = start_runner(runners, ["--topic", topic, "--name", "later", "--sink", f"file:{out}",
+                                    "--progress"], tmp_path, env={"LQ_URL": sqlite_broker.url})
+    records = [make_record(i) for i in range(25)]
+    produce_records(sqlite_broker.url, topic, records)
+    wait_until(lambda: count_lines(out) == 25, timeout=20, message="records in the file")
+    wait_until(lambda: position(sqlite_broker.url, topic, "later") == 25, timeout=10,
+               message="the commit")
+    runner.signal(signal.SIGTERM)
+    assert runner.wait(10) == 0, runner.stderr
+    assert read_jsonl(out) == records
+    assert "done: 25 records" in runner.stderr
+
+
+def test_a_deleted_topic_stops_the_pipeline_with_a_clear_error(sqlite_broker, runners,  # noqa: F811
+                                                                tmp_path: Path) -> None:
+    import requests
+
+    topic = new_topic("gone")
+    out = tmp_path / "gone.jsonl"
+    produce_records(sqlite_broker.url, topic, [make_record(i) for i in range(3)])
+    runner = start_runner(runners, ["--url", sqlite_broker.url, "--topic", topic, "--name", "g",
+                                    "--wait", "0.2", "--sink", f"file:{out}"], tmp_path)
+    wait_until(lambda: count_lines(out) == 3, timeout=30, message="the first records")
+    assert requests.delete(sqlite_broker.url + "/topics", json={"topic": topic}).ok
+    assert runner.wait(30) == 1, runner.stderr
+    assert "gone (deleted, or expired" in runner.stderr
+    assert "Traceback" not in runner.stderr

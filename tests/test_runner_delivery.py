@@ -1,0 +1,138 @@
+"""Delivery: kill -9 and restart loses nothing, SIGTERM commits what it wrote, a failing sink
+stops its pipeline without committing. Real brokers on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import sqlalchemy as sa
+from support import wait_until
+from test_runner_helpers import (
+    Endpoint,
+    RunnerProcess,
+    count_lines,
+    make_record,
+    new_topic,
+    position,
+    produce_records,
+    read_jsonl,
+    run_once,
+    runners,  # noqa: F401 - fixture
+    start_runner,
+)
+
+from lq_logging.sinks.sql import normalize_url
+
+N = 12_000
+BATCH = 100
+
+
+def _ids(path: Path) -> list[int]:
+    return [r["extra"]["order_id"] for r in read_jsonl(path)]
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing(broker, pg_url: str, runners,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    topic = new_topic("kill")
+    produce_records(broker.url, topic, [make_record(i) for i in range(N)])
+    out = tmp_path / "out.jsonl"
+    args = ["--url", broker.url, "--topic", topic, "--name", "k9", "--batch", str(BATCH),
+            "--sink", f"file:{out}", "--sink", f"sql:{pg_url}"]
+    first = start_runner(runners, args, tmp_path)
+    wait_until(lambda: count_lines(out) >= 2_000, timeout=60, message="records in the file")
+    first.kill9()
+    killed_at = position(broker.url, topic, "k9")
+    assert killed_at < N, "the runner finished before the kill; make N larger"
+
+    done = run_once([*args, "--until-empty", "--wait", "0.3"], tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    ids = _ids(out)
+    assert set(ids) == set(range(N)), "every record is in the file"
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
+    assert all(n <= 2 for n in Counter(ids).values())
+    if dupes:  # only from the one batch that was written but not committed
+        assert dupes[-1] - dupes[0] < BATCH and dupes[0] >= killed_at
+    engine = sa.create_engine(normalize_url(pg_url))
+    with engine.connect() as conn:
+        count, distinct = conn.execute(sa.text(
+            'SELECT count(*), count(DISTINCT "offset") FROM lq_records WHERE topic = :t'),
+            {"t": topic}).one()
+    engine.dispose()
+    assert count == distinct == N, "the SQL sink holds each record exactly once"
+    assert position(broker.url, topic, "k9") == N
+
+
+def test_sigterm_commits_what_it_wrote_and_restart_writes_nothing_twice(
+        broker, runners, tmp_path: Path) -> None:  # noqa: F811
+    topic = new_topic("term")
+    produce_records(broker.url, topic, [make_record(i) for i in range(N)])
+    out = tmp_path / "out.jsonl"
+    dbfile = tmp_path / "records.db"
+    args = ["--url", broker.url, "--topic", topic, "--name", "term", "--batch", "50",
+            "--sink", f"file:{out}", "--sink", f"sql:sqlite:///{dbfile}"]
+    runner = start_runner(runners, args, tmp_path)
+    wait_until(lambda: count_lines(out) >= 1_000, timeout=60, message="records in the file")
+    runner.signal(signal.SIGTERM)
+    assert runner.wait(30) == 0, runner.stderr
+    written = count_lines(out)
+    assert position(broker.url, topic, "term") == written, "everything written is committed"
+
+    done = run_once([*args, "--until-empty", "--wait", "0.3"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _ids(out) == list(range(N)), "in order, each record once"
+
+
+def test_sigterm_while_idle_exits_at_once(broker, runners, tmp_path: Path) -> None:  # noqa: F811
+    topic = new_topic("idle")
+    runner = start_runner(runners, ["--url", broker.url, "--topic", topic, "--name", "idle",
+                                    "--wait", "30", "--sink", f"file:{tmp_path / 'o'}"],
+                          tmp_path)
+    runner.signal(signal.SIGINT)
+    assert runner.wait(5) == 0, runner.stderr
+
+
+def test_failing_sink_stops_the_pipeline_without_committing(broker, runners,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    topic = new_topic("fail")
+    produce_records(broker.url, topic, [make_record(i) for i in range(30)])
+    with Endpoint(mode="fail") as endpoint:
+        config = tmp_path / "runner.toml"
+        config.write_text(textwrap.dedent(f"""
+            url = "{broker.url}"
+            sink_retries = 1
+            retry_backoff = 0.05
+            [[pipeline]]
+            name = "failing"
+            topics = ["{topic}"]
+            [[pipeline.sink]]
+            spec = "{endpoint.url}"
+            retries = 1
+            backoff = 0.01
+        """))
+        done = run_once(["--config", str(config)], tmp_path)
+        assert endpoint.requests == 4  # (1 + 1 sink retries) x (1 + 1 HTTP retries)
+    assert done.returncode == 1
+    assert "pipeline 'failing' stopped" in done.stderr
+    assert "HTTP 500" in done.stderr and "Nothing of this batch was committed" in done.stderr
+    assert position(broker.url, topic, "failing") == 0
+
+
+def test_second_signal_exits_at_once(broker, runners, tmp_path: Path) -> None:  # noqa: F811
+    topic = new_topic("twice")
+    produce_records(broker.url, topic, [make_record(0)])
+    with Endpoint(mode="fail") as endpoint:
+        runner = RunnerProcess(["--url", broker.url, "--topic", topic, "--name", "twice",
+                                "--sink-retries", "100", "--sink", endpoint.url], tmp_path)
+        runners.append(runner)
+        runner.start()
+        wait_until(lambda: "retry 1/100" in runner.stderr, timeout=30, message="a retry")
+        runner.signal(signal.SIGTERM)
+        wait_until(lambda: "finishing 1 batch" in runner.stderr, timeout=10,
+                   message="the first signal")
+        runner.signal(signal.SIGTERM)
+        assert runner.wait(5) == 128 + signal.SIGTERM
+    assert position(broker.url, topic, "twice") == 0
