@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
 
 from . import metrics
 from . import schemas as s
@@ -63,10 +64,23 @@ def _store() -> Store:
     return get_store(current_app)
 
 
+def _read_body() -> dict[str, Any] | bytes:
+    """The form fields or the raw body. The server's body reader can fail on bad chunked
+    encoding or a client that stops mid-body: that is the client's fault, a 400."""
+    try:
+        if request.mimetype in FORM_TYPES:
+            return request.form.to_dict()
+        return request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
+        raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
+
+
 def _body_params() -> dict[str, Any]:
-    if request.mimetype in FORM_TYPES:
-        return request.form.to_dict()
-    data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+    data = _read_body()
+    if isinstance(data, dict):
+        return data
     if not data.strip():
         return {}
     try:

@@ -7,13 +7,18 @@ tests add the exact status and ``error`` code, and check that nothing was append
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import requests
+from gunicorn import util
 from lqhttp import DIALECTS, Api, unique_topic
 from support import BrokerProcess
+
+from broker.serving import _json_error, _StatusLine
 
 MiB = 1024 * 1024
 
@@ -343,3 +348,76 @@ def test_extra_fields_of_every_type_are_ignored(api: Api, ctx: Ctx, dialect: str
         "unused": {"nested": [1, None, True]}, "another": None}
     fields = {"topic": ctx.topic, "producer_id": ctx.pid, "message": "m", **extra}
     assert api.ok("POST", "/producer/produce", fields, dialect=dialect)["offsets"] == [1, 1]
+
+
+# --- HTTP that gunicorn refuses before the app sees it ------------------------------------
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as is over a socket; return the status, headers and body of the reply
+    (read to the end: a refused request closes the connection)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+RAW_REQUESTS = {
+    "nul-in-header-value": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Trace: a\x00b\r\n\r\n",
+                            400, "bad_request"),
+    "control-in-header-value": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Trace: a\x01b\r\n\r\n",
+                                400, "bad_request"),
+    "invalid-header-name": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n",
+                            400, "bad_request"),
+    "garbage-request-line": (b"garbage\r\n\r\n", 400, "bad_request"),
+    "invalid-method": (b"G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    "over-long-header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000
+                         + b"\r\n\r\n", 431, "too_large"),
+}
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "error"), RAW_REQUESTS.values(),
+                         ids=RAW_REQUESTS.keys())
+def test_http_gunicorn_refuses_is_a_json_failure(broker: BrokerProcess, request_bytes: bytes,
+                                                 status: int, error: str) -> None:
+    code, headers, body = raw_exchange(broker.url, request_bytes)
+    assert b"<html" not in body.lower(), body
+    assert (code, headers.get("content-type")) == (status, "application/json"), (headers, body)
+    assert int(headers["content-length"]) == len(body)
+    reply = json.loads(body)
+    assert reply["status"] == "failure" and reply["error"] == error, reply
+    assert isinstance(reply["message"], str) and reply["message"], reply
+    assert requests.get(broker.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_the_worker_reads_the_status_gunicorn_picks() -> None:
+    """The JSON answer keeps gunicorn's status: it is read from gunicorn's own error writer."""
+    seen = _StatusLine()
+    util.write_error(seen, 431, "Request Header Fields Too Large", "<p>ignored</p>")
+    assert (seen.status, seen.reason) == (431, "Request Header Fields Too Large")
+
+
+def test_an_error_gunicorn_did_not_answer_is_a_json_500() -> None:
+    head, _, body = _json_error(0, "", RuntimeError("a bug")).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert json.loads(body) == {"status": "failure", "error": "internal",
+                                "message": "internal error (a bug): see the broker's log"}
+
+
+@pytest.mark.parametrize("chunked_body", [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY0\r\n\r\n"],
+                         ids=["bad-chunk-size", "missing-chunk-terminator"])
+def test_a_body_the_server_cannot_read_is_a_json_400(broker: BrokerProcess,
+                                                     chunked_body: bytes) -> None:
+    request_bytes = (b"POST /topics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked_body)
+    code, headers, body = raw_exchange(broker.url, request_bytes)
+    assert (code, headers.get("content-type")) == (400, "application/json"), (headers, body)
+    reply = json.loads(body)
+    assert reply["error"] == "bad_request" and "body" in reply["message"], reply
+    assert requests.get(broker.url + "/healthz", timeout=5).status_code == 200
