@@ -22,13 +22,23 @@ Threading. A :class:`Client` and its producers and consumers may be shared betwe
 A producer sends at most one request at a time per topic (per-topic lock), so sends from many
 threads to one topic are serialized in a single order, and sends to different topics run in
 parallel. One ``stream`` iterator belongs to one thread.
+
+Fork. A forked child may go on using the client, producers and consumers it inherited; it
+sends over connections of its own (see :mod:`sdk.transport`). A producer in the child
+registers afresh, so the child never shares the parent's (producer id, seq) stream: the two
+processes' seqs would interleave and the broker would drop the lower ones as duplicates. A
+consumer in the child keeps the parent's consumer ids, so the two processes share its
+positions, as threads sharing one consumer do. Locks are new in the child (a thread of the
+parent may have held one at the fork).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -286,6 +296,18 @@ class _TopicLocks:
         return lock
 
 
+#: Every producer and consumer, for the fork hook below.
+_LIVE: weakref.WeakSet[Producer | Consumer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_LIVE):
+        obj._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Producer:
     """Sends messages to topics; registers itself with each topic on first use.
 
@@ -307,6 +329,11 @@ class Producer:
     was first sent with; new batches should use a new registration (a new ``Producer``), so
     a replayed old seq is never below a newer one on the same id (the broker would drop it
     as a duplicate).
+
+    Fork. In a forked child the producer forgets the parent's registrations and seqs and
+    registers again on its first send to each topic, with a new producer id: the parent's
+    stream of seqs stays the parent's. (An explicit ``producer_id`` passed to
+    :meth:`send_batch` or :meth:`next_seq` is the caller's to keep to one process.)
     """
 
     def __init__(self, client: Client | str | Sequence[str] = DEFAULT_URL, *,
@@ -316,6 +343,7 @@ class Producer:
         self._ids: dict[str, int] = {}
         self._seqs: dict[tuple[int, str], int] = {}
         self._locks = _TopicLocks()
+        _LIVE.add(self)
         for topic in topics:
             self.register(topic)
 
@@ -411,6 +439,12 @@ class Producer:
 
     # -- internals (call with the topic's lock held) -------------------------------------
 
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's registrations, seqs and locks."""
+        self._ids = {}
+        self._seqs = {}
+        self._locks = _TopicLocks()
+
     def _register_locked(self, topic: str) -> int:
         pid = self._ids.get(topic)
         if pid is None:
@@ -442,6 +476,11 @@ class Consumer:
       (at most once: a message in a lost answer is not redelivered).
     * :meth:`fetch` + :meth:`commit`: read without moving, then move explicitly.
     * :meth:`stream`: an iterator over fetch/commit (at least once).
+
+    Fork. In a forked child the consumer keeps the parent's consumer ids, so both processes
+    read from the same positions (each message :meth:`receive` returns goes to one of
+    them, as with threads sharing a consumer); a ``stream`` iterator stays the parent's. For
+    a position of its own, a child creates a new ``Consumer``.
     """
 
     def __init__(self, client: Client | str | Sequence[str] = DEFAULT_URL, *,
@@ -455,6 +494,7 @@ class Consumer:
         self.start: Start = start
         self._ids: dict[str, int] = {}
         self._locks = _TopicLocks()
+        _LIVE.add(self)
         for topic in topics:
             self.register(topic)
 
@@ -581,6 +621,10 @@ class Consumer:
         """Close the client if this consumer created it."""
         if self._owns_client:
             self.client.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks (the consumer ids, and so the positions, are kept)."""
+        self._locks = _TopicLocks()
 
     def __enter__(self) -> Consumer:
         return self

@@ -18,19 +18,26 @@ current url: a thread only moves it on from the url it saw fail.
 
 Threading contract. One :class:`Transport` may be shared by any number of threads. The
 ``requests.Session`` (its connection pool, default headers and auth) is shared and never
-mutated after ``__init__``; everything that varies per request (url, parameters, body,
+mutated once opened; everything that varies per request (url, parameters, body,
 timeout) is passed per call, so no per-request state lives on the session. The connection
 pool holds ``pool_maxsize`` connections per broker; more concurrent threads still work, with
-extra connections opened and closed as needed. A transport is not fork-safe (the pooled
-sockets would be shared with the parent): a child process creates its own client.
+extra connections opened and closed as needed.
+
+Fork. A forked child may go on using a transport it inherited. In the child, the parent's
+session is dropped (its pooled sockets are the parent's connections: the child never sends
+on them, and dropping them closes only the child's copies), and the child's first request
+opens a session of its own. The transport's lock is new in the child too, as a thread of the
+parent may have held it at the fork.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,6 +79,17 @@ def parse_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
+#: Every open transport, for the fork hook below.
+_LIVE: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_LIVE):
+        transport._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Transport:
     """Sends requests to one of several brokers, with retries, failover and timeouts.
@@ -106,18 +124,14 @@ class Transport:
         self.retries = retries
         self.backoff = backoff
         self.backoff_max = backoff_max
+        self._token = token
+        self._pool_maxsize = pool_maxsize
+        self._trust_env = trust_env
         self._active = 0
         self._lock = threading.Lock()
         self._closed = False
-        session = requests.Session()
-        session.trust_env = trust_env
-        adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=pool_maxsize)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers["User-Agent"] = USER_AGENT
-        if token:
-            session.headers["Authorization"] = f"Bearer {token}"
-        self._session = session
+        self._session: requests.Session | None = self._new_session()
+        _LIVE.add(self)
 
     # -- public -------------------------------------------------------------------------
 
@@ -172,13 +186,13 @@ class Transport:
                 pauses += 1
                 failed.clear()
             url = self.urls[index]
+            session = self._session or self._open_session()
             try:
                 if is_get:
-                    resp = self._session.request(method, url + path, params=params,
-                                                 timeout=timeout)
+                    resp = session.request(method, url + path, params=params, timeout=timeout)
                 else:
-                    resp = self._session.request(method, url + path, data=body,
-                                                 headers=_JSON_HEADERS, timeout=timeout)
+                    resp = session.request(method, url + path, data=body,
+                                           headers=_JSON_HEADERS, timeout=timeout)
             except _RETRYABLE as exc:
                 error: LogQueueError = BrokerUnavailable(
                     f"{method} {url}{path}: {type(exc).__name__}: {exc}", status=None)
@@ -199,7 +213,9 @@ class Transport:
     def close(self) -> None:
         """Close the pooled connections. Idempotent."""
         self._closed = True
-        self._session.close()
+        _LIVE.discard(self)
+        if self._session is not None:
+            self._session.close()
 
     def __enter__(self) -> Transport:
         return self
@@ -211,6 +227,29 @@ class Transport:
         return f"Transport(urls={list(self.urls)!r}, active={self.url!r})"
 
     # -- internals ----------------------------------------------------------------------
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = self._trust_env
+        adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=self._pool_maxsize)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers["User-Agent"] = USER_AGENT
+        if self._token:
+            session.headers["Authorization"] = f"Bearer {self._token}"
+        return session
+
+    def _open_session(self) -> requests.Session:
+        """The session of this process, opened on first use after a fork."""
+        with self._lock:
+            if self._session is None:
+                self._session = self._new_session()
+            return self._session
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's session and lock (see the module docstring)."""
+        self._lock = threading.Lock()
+        self._session = None
 
     def _fail_over(self, index: int) -> None:
         """Move to the url after ``index``, unless another thread already moved on."""
