@@ -97,7 +97,10 @@ def raw_insert_rate(db_url: str, rows: int, copy: bool = False) -> float:
 
     conn = psycopg2.connect(db_url.replace("+psycopg2", ""))
     cur = conn.cursor()
-    cur.execute("CREATE TEMP TABLE t (topic_id BIGINT, msg_offset BIGINT, body TEXT, "
+    # A regular (WAL-logged) table: a TEMP table skips the WAL and would make the ceiling
+    # one with less durability than the broker's appends.
+    table = f"lq_bench_ceiling_{os.getpid()}"
+    cur.execute(f"CREATE TABLE {table} (topic_id BIGINT, msg_offset BIGINT, body TEXT, "
                 "ts_us BIGINT, PRIMARY KEY (topic_id, msg_offset))")
     conn.commit()
     start = time.perf_counter()
@@ -105,11 +108,13 @@ def raw_insert_rate(db_url: str, rows: int, copy: bool = False) -> float:
         chunk = data[i:i + 1000]
         if copy:
             buffer = io.StringIO("".join(f"{a}\t{b}\t{c}\t{d}\n" for a, b, c, d in chunk))
-            cur.copy_expert("COPY t FROM STDIN", buffer)
+            cur.copy_expert(f"COPY {table} FROM STDIN", buffer)
         else:
-            execute_values(cur, "INSERT INTO t VALUES %s", chunk, page_size=1000)
+            execute_values(cur, f"INSERT INTO {table} VALUES %s", chunk, page_size=1000)
         conn.commit()
     elapsed = time.perf_counter() - start
+    cur.execute(f"DROP TABLE {table}")
+    conn.commit()
     conn.close()
     return rows / elapsed
 
