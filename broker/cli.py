@@ -71,10 +71,14 @@ def _safe_url(url: str) -> str:
                    "Default: keep them.")
 @click.option("--prune-interval", default=5.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between retention rounds (0: never prune).")
+@click.option("--max-message-bytes", envvar="LQ_MAX_MESSAGE_BYTES", default=1024 * 1024,
+              show_default=True, type=click.IntRange(64, 16 * 1024 * 1024),
+              help="Largest message accepted, in UTF-8 bytes; larger ones are refused with 413 "
+                   "too_large (env LQ_MAX_MESSAGE_BYTES).")
 @click.option("--dev", is_flag=True, help="Serve with Flask's threaded development server.")
 def broker_command(host: str, port: int, db_url: str | None, workers: int | None, threads: int,
                    token: str | None, retention: int | None, consumer_ttl: int | None,
-                   prune_interval: float, dev: bool) -> None:
+                   prune_interval: float, max_message_bytes: int, dev: bool) -> None:
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
     metrics_dir = None if dev else _prepare_multiprocess_metrics()
     from .app import create_app
@@ -85,7 +89,8 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
     config: dict[str, Any] = {"LQ_DATABASE_URL": db_url, "LQ_TOKEN": token,
                               "LQ_POOL_SIZE": threads + 2, "LQ_RETENTION_MS": retention,
                               "LQ_PRUNE_INTERVAL": prune_interval,
-                              "LQ_CONSUMER_TTL_MS": consumer_ttl}
+                              "LQ_CONSUMER_TTL_MS": consumer_ttl,
+                              "LQ_MAX_MESSAGE_BYTES": max_message_bytes}
     try:
         app = create_app(config)
     except Exception as exc:  # a malformed URL or a missing driver: one line, no traceback

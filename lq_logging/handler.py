@@ -30,11 +30,27 @@ sender retries the oldest batch with backoff (from 50 ms up to ``flush_interval`
 at most 2 s). At start the sender takes over spool files that no live process holds and
 delivers them first, with the producer ids and seqs they were first sent with. The spool
 is bounded (``spool_max_bytes``): the oldest batches are dropped and counted.
+Spool writes are fsynced (``spool_fsync``, on by default) once per batch, and before a
+spooled batch is sent its producer id and seq, so a power cut neither loses what was
+spooled nor lets a replay duplicate what was sent.
 ``overflow="drop"``: the failed batch is retried in memory; the queue fills up, and then
 records below WARNING are shed first (once the queue is 80% full), WARNING and above only
 when it is full. ``overflow="block"``: the caller waits for room, at most ``timeout``.
 Every loss is counted in :meth:`stats` and, once the broker answers again, shipped as one
 WARNING record of the logger ``lq_logging``.
+
+Refused batches. The broker refuses a whole batch (413 ``too_large``, 400 ``bad_request``)
+for one bad record in it, e.g. one over a per-message limit smaller than
+``max_record_bytes``. Such a batch is sent again as two halves, in order, recursively, so
+only the bad records remain. A single record refused as too large is cut to half its size
+with the truncation marker (a JSON record stays valid JSON: its free text is cut, as
+:class:`~lq_logging.record.JSONFormatter` does) and sent again, until it fits. A record
+that cannot be cut further, or is refused for another reason, is dropped and counted
+(``last_error`` says why). A refusal appends nothing, and every part is sent under a seq of
+its own (a spooled batch is swapped for its parts in one atomic spool write), so neither a
+retry nor a crash part-way duplicates or loses a part. (A lone surrogate, which no broker
+can store, never gets that far: it is sent as its ``\\udXXX`` escape, the same character
+once a JSON record is parsed.)
 
 Never deadlock, never recurse. Records emitted on the sender thread (urllib3's debug lines,
 say) are dropped by thread id. The handler's own complaints go to a private,
@@ -49,6 +65,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import os
 import re
@@ -61,7 +78,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lq_logging.record import DEFAULT_MAX_BYTES, TRUNCATION_MARKER, JSONFormatter
+from lq_logging.record import (
+    DEFAULT_MAX_BYTES,
+    JSONFormatter,
+    escape_surrogates,
+    fit_text,
+    shrink_record,
+    utf8_size,
+)
+from lq_logging.sinks import parse_bool
 from lq_logging.spool import Spool, SpoolBatch, adopt_orphans
 from sdk import BadRequest, Client, LogQueueError, NotRegistered, Producer, TooLarge, UnknownId
 
@@ -71,6 +96,8 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCH_RECORDS = 10_000
 _RETRY_MIN = 0.05
 _RETRY_MAX = 2.0
+#: A record refused as too large is not cut below this many bytes (then it is dropped).
+_MIN_RECORD_BYTES = 256
 
 _TRACEBACKS = logging.Formatter()
 
@@ -219,6 +246,9 @@ class LogQueueHandler(logging.Handler):
         max_record_bytes: longer records are truncated with a marker (the broker refuses a
             message over 1 MiB).
         spool_max_bytes: the spool's bound; the oldest batches are dropped beyond it.
+        spool_fsync: fsync spool writes (once per batch; and the spool directory when a file
+            is created or renamed), so spooled records survive a power cut, not only a
+            crash. ``False`` (or ``"false"`` from a config file) trades that for speed.
     """
 
     def __init__(self, url: str | Sequence[str] = "http://127.0.0.1:5000", topic: str = "logs",
@@ -227,7 +257,8 @@ class LogQueueHandler(logging.Handler):
                  overflow: str = "spool", timeout: float = 5.0,
                  fields: Mapping[str, Any] | None = None, level: int | str = logging.NOTSET,
                  max_record_bytes: int = DEFAULT_MAX_BYTES,
-                 spool_max_bytes: int = 256 * 1024 * 1024) -> None:
+                 spool_max_bytes: int = 256 * 1024 * 1024,
+                 spool_fsync: bool | str = True) -> None:
         super().__init__(level)
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
@@ -252,6 +283,7 @@ class LogQueueHandler(logging.Handler):
         self.fields = dict(fields or {})
         self.max_record_bytes = int(max_record_bytes)
         self.spool_max_bytes = int(spool_max_bytes)
+        self.spool_fsync = parse_bool(spool_fsync)
         self.spool_dir = (os.path.abspath(spool_dir) if spool_dir
                           else _default_spool_dir(self.urls, topic))
         self._json = JSONFormatter(self.fields, max_bytes=self.max_record_bytes)
@@ -272,7 +304,9 @@ class LogQueueHandler(logging.Handler):
         self._sleeping = False
         self._space = threading.Condition(threading.Lock())
         self._blocked = 0
-        self._state_lock = threading.Lock()   # outbox + spool handoff (never held on I/O waits)
+        # outbox + spool handoff: held for spool writes (and their fsync), never for network
+        # waits; the application's threads never take it (only stats() and close() do)
+        self._state_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -466,7 +500,9 @@ class LogQueueHandler(logging.Handler):
                     try:
                         spool = self._own_spool()
                         for b in batches:
-                            spool.append(b.topic, b.messages, b.producer_id, b.seq)
+                            spool.append(b.topic, b.messages, b.producer_id, b.seq,
+                                         sync=False)
+                        spool.sync()
                     except OSError as exc:
                         diagnostics.error("cannot spool %d batches: %r", len(batches), exc)
                         self._count_drop(sum(len(b.messages) for b in batches))
@@ -595,11 +631,13 @@ class LogQueueHandler(logging.Handler):
                 else:
                     text = formatter.format(record)
                     if len(text) * 4 > self.max_record_bytes:
-                        text = _truncate_text(text, self.max_record_bytes)
+                        text = fit_text(text, self.max_record_bytes)
             except Exception as exc:  # noqa: BLE001 - one bad record must not stop the rest
                 self._count_drop(1)
                 self._last_error = f"cannot format a record: {exc!r}"
                 continue
+            if not text.isascii():
+                text = escape_surrogates(text)
             if messages and size + len(text) > MAX_BATCH_BYTES // 4:
                 out.append(_Batch(self.topic, messages))
                 messages, size = [], 0
@@ -611,7 +649,7 @@ class LogQueueHandler(logging.Handler):
 
     def _own_spool(self) -> Spool:
         if self._spool is None or self._spool.closed:
-            self._spool = Spool.create(self.spool_dir)
+            self._spool = Spool.create(self.spool_dir, fsync=self.spool_fsync)
         return self._spool
 
     def _to_spool(self, batches: list[_Batch]) -> None:
@@ -619,7 +657,8 @@ class LogQueueHandler(logging.Handler):
         try:
             spool = self._own_spool()
             for b in batches:
-                spool.append(b.topic, b.messages, b.producer_id, b.seq)
+                spool.append(b.topic, b.messages, b.producer_id, b.seq, sync=False)
+            spool.sync()
             lost = spool.trim(self.spool_max_bytes)
             if lost:
                 self._count_drop(lost)
@@ -630,7 +669,7 @@ class LogQueueHandler(logging.Handler):
 
     def _adopt(self) -> None:
         exclude = [self._spool.path] if self._spool is not None else []
-        found = adopt_orphans(self.spool_dir, exclude)
+        found = adopt_orphans(self.spool_dir, exclude, fsync=self.spool_fsync)
         if found:
             with self._state_lock:
                 self._adopted.extend(found)
@@ -718,12 +757,11 @@ class LogQueueHandler(logging.Handler):
                 elif spool is not None and isinstance(batch, SpoolBatch):
                     batch.producer_id, batch.seq = None, None
             return False
-        except (TooLarge, BadRequest) as exc:
-            # Never retried: drop the batch (counted) so it cannot block the ones after it.
-            self._ack(spool, batch, delivered=False)
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            diagnostics.error("the broker refused a batch of %d records: %s", len(messages),
-                              exc)
+        except (TooLarge, BadRequest, UnicodeError) as exc:
+            # Refused for what it holds (UnicodeError: the SDK cannot even encode it, e.g. a
+            # lone surrogate in a spool from an older version): nothing was appended and
+            # the seq stays unused. Never retried as is: split, cut down, or dropped.
+            self._refused(spool, batch, messages, exc)
             return True
         except (LogQueueError, OSError) as exc:
             self._failed(exc)
@@ -738,6 +776,52 @@ class LogQueueHandler(logging.Handler):
         if self._unreported:
             self._report_drops()
         return True
+
+    def _refused(self, spool: Spool | None, batch: SpoolBatch | _Batch, messages: list[str],
+                 exc: Exception) -> None:
+        """``batch`` was refused for its content: send it again as two halves (in its place,
+        each under a new seq), or a single record cut down; drop a single record that
+        cannot be mended (counted)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if len(messages) > 1:
+            half = len(messages) // 2
+            parts = [messages[:half], messages[half:]]
+            diagnostics.debug("the broker refused a batch of %d records (%s); sending it in "
+                              "two halves", len(messages), reason)
+        else:
+            mended = _mend(messages[0], exc)
+            if mended is None:
+                self._ack(spool, batch, delivered=False)
+                self._last_error = f"the broker refused a record and it was dropped: {reason}"
+                diagnostics.error("dropped a record the broker refused: %s", reason)
+                return
+            parts = [[mended]]
+            diagnostics.warning("the broker refused a record of %d bytes (%s); sending it "
+                                "cut to %d bytes", utf8_size(messages[0]), reason,
+                                utf8_size(mended))
+        self._replace(spool, batch, parts)
+
+    def _replace(self, spool: Spool | None, batch: SpoolBatch | _Batch,
+                 parts: list[list[str]]) -> None:
+        """Put ``parts`` where ``batch`` is: at the head of the outbox, or atomically in the
+        spool (see :meth:`Spool.replace`). The parts carry no producer id or seq yet."""
+        with self._state_lock:
+            if self._abandoned:
+                return
+            if spool is None:
+                if self._outbox and self._outbox[0] is batch:
+                    self._outbox.popleft()
+                    self._outbox.extendleft(_Batch(batch.topic, p) for p in reversed(parts))
+                return
+            try:
+                spool.replace(batch, parts)
+                return
+            except OSError as exc:
+                error = exc
+        # The spool holds the batch as it was (or every part): try again later.
+        self._last_error = f"spool: {error!r}"
+        diagnostics.error("cannot split a refused batch in the spool %s: %r", spool.path, error)
+        self._back_off()
 
     def _ack(self, spool: Spool | None, batch: SpoolBatch | _Batch, delivered: bool) -> None:
         count = batch.count if isinstance(batch, SpoolBatch) else len(batch.messages)
@@ -754,12 +838,16 @@ class LogQueueHandler(logging.Handler):
             self._count_drop(count)
 
     def _failed(self, exc: BaseException) -> None:
-        self._retries += 1
         self._last_error = f"{type(exc).__name__}: {exc}"
         if not self._down:
             diagnostics.warning("cannot reach the broker (%s); %s", self._last_error,
                                 "spooling to " + self.spool_dir if self.overflow == "spool"
                                 else "holding records in memory")
+        self._back_off()
+
+    def _back_off(self) -> None:
+        """Retry the head batch later (backoff), spooling what waits in memory meanwhile."""
+        self._retries += 1
         self._down = True
         now = time.monotonic()
         self._retry_at = now + self._retry_delay
@@ -793,12 +881,36 @@ class LogQueueHandler(logging.Handler):
                 f"({logging.getLevelName(self.level)})>")
 
 
-def _truncate_text(text: str, max_bytes: int) -> str:
-    data = text.encode("utf-8", "surrogatepass")
-    if len(data) <= max_bytes:
-        return text
-    keep = data[: max(0, max_bytes - 100)].decode("utf-8", "ignore")
-    return keep + TRUNCATION_MARKER.format(n=len(text) - len(keep))
+def _mend(text: str, exc: Exception) -> str | None:
+    """A version of the single record ``text`` the broker may take after refusing it with
+    ``exc``, or ``None`` (then it is dropped)."""
+    if isinstance(exc, UnicodeError):
+        mended = escape_surrogates(text)
+        return mended if mended != text else None
+    if isinstance(exc, TooLarge):
+        return _shrink(text)
+    return None
+
+
+def _shrink(text: str) -> str | None:
+    """``text`` cut to about half its UTF-8 size with the truncation marker, or ``None``
+    when that is below ``_MIN_RECORD_BYTES`` or no smaller. A JSON object stays valid JSON
+    (its free text is cut, see ``record.shrink_record``); other text is cut at the end."""
+    size = utf8_size(text)
+    target = size // 2
+    if target < _MIN_RECORD_BYTES:
+        return None
+    data: Any = None
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+    if isinstance(data, dict):
+        shorter = shrink_record(data, target)
+    else:
+        shorter = fit_text(text, target)
+    return shorter if utf8_size(shorter) < size else None
 
 
 __all__ = ["LogQueueHandler", "OVERFLOW_POLICIES", "diagnostics"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -91,12 +92,6 @@ class _UTCClock:
         return f"{self._prefix}.{micros:06d}Z"
 
 
-def _cut(text: str, keep: int) -> str:
-    keep = max(keep, 0)
-    if len(text) <= keep:
-        return text
-    return text[:keep] + TRUNCATION_MARKER.format(n=len(text) - keep)
-
 
 class JSONFormatter(logging.Formatter):
     """Formats a :class:`logging.LogRecord` as one LogQueue JSON record (see the module doc).
@@ -157,38 +152,90 @@ class JSONFormatter(logging.Formatter):
         """One JSON object, at most ``max_bytes`` UTF-8 bytes."""
         data = self.to_dict(record)
         text = _encode(data)
-        if len(text) * 4 > self.max_bytes and len(text.encode()) > self.max_bytes:
-            text = self._truncate(data, text)
+        if not text.isascii():
+            text = escape_surrogates(text)
+        if len(text) * 4 > self.max_bytes and utf8_size(text) > self.max_bytes:
+            text = shrink_record(data, self.max_bytes)
         return text
 
-    def _truncate(self, data: dict[str, Any], text: str) -> str:
-        """Shrink the longest free-text parts until the JSON fits in ``max_bytes``."""
-        data["truncated"] = True
-        for _ in range(8):
-            size = len(text.encode())
-            if size <= self.max_bytes:
-                return text
-            excess = size - self.max_bytes + 200
-            for key in ("message", "exception", "stack"):
-                value = data.get(key)
-                if isinstance(value, str) and value:
-                    # characters may take up to 4 bytes (and escaping more): cut generously
-                    cut = min(len(value), excess)
-                    data[key] = _cut(value, len(value) - cut)
-                    excess -= cut
-                    if excess <= 0:
-                        break
-            if excess > 0 and data.get("extra"):
-                data["extra"] = {"truncated": _cut(json.dumps(data["extra"],
-                                                              default=_json_default), 1000)}
-            text = _encode(data)
-        # Last resort: only the header survives.
-        for key in ("message", "exception", "stack"):
-            if key in data:
-                data[key] = _cut(str(data[key]), 1000)
-        data["extra"] = {}
-        return _encode(data)
+
+# --- cutting records down to size, byte-accurately ----------------------------------------
+
+#: Bytes to cut beyond the excess: the marker, and some JSON escaping.
+_MARKER_ROOM = len(TRUNCATION_MARKER) + 32
+_MARKER_RE = re.compile(re.escape(TRUNCATION_MARKER).replace(r"\{n\}", r"(\d+)") + r"\Z")
+
+
+def utf8_size(text: str) -> int:
+    """The size the broker counts; a lone surrogate counts as its 3 bytes, not an error."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` with lone surrogates (which no broker can store and no UTF-8 encoder writes)
+    as ``\\udXXX`` escapes: inside a JSON string that is the escape of the same character,
+    so a JSON record stays valid and reads back unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def cut_bytes(text: str, drop: int) -> str:
+    """``text`` without its last ``drop`` UTF-8 bytes (whole characters) plus the truncation
+    marker, which counts every character dropped, also by an earlier cut."""
+    dropped = 0
+    match = _MARKER_RE.search(text)
+    if match:
+        dropped = int(match.group(1))
+        text = text[:match.start()]
+    raw = text.encode("utf-8", "surrogatepass")
+    end = max(0, len(raw) - drop)
+    while 0 < end < len(raw) and raw[end] & 0xC0 == 0x80:
+        end -= 1  # not inside a character
+    kept = raw[:end].decode("utf-8", "surrogatepass")
+    return kept + TRUNCATION_MARKER.format(n=dropped + len(text) - len(kept))
+
+
+def fit_text(text: str, max_bytes: int) -> str:
+    """Any text (not a record of ours) cut at the end to at most about ``max_bytes``."""
+    size = utf8_size(text)
+    if size <= max_bytes:
+        return text
+    return cut_bytes(text, size - max(0, max_bytes - 100))
+
+
+def shrink_record(data: dict[str, Any], max_bytes: int) -> str:
+    """The record ``data`` as JSON of at most about ``max_bytes``: the longest free texts
+    (``message``, ``exception``, ``stack``) are cut first, then ``extra`` becomes
+    ``{"truncated": "<its JSON, cut>"}``; ``"truncated": true`` marks it. ``data`` is
+    changed in place."""
+    data["truncated"] = True
+    text = escape_surrogates(_encode(data))
+    for _ in range(8):
+        excess = utf8_size(text) - max_bytes
+        if excess <= 0:
+            return text
+        excess += _MARKER_ROOM
+        keys = sorted((k for k in ("message", "exception", "stack")
+                       if isinstance(data.get(k), str) and data[k]),
+                      key=lambda k: len(data[k]), reverse=True)
+        for key in keys:
+            size = utf8_size(data[key])
+            data[key] = cut_bytes(data[key], excess)
+            excess -= size
+            if excess <= 0:
+                break
+        else:
+            if not data.get("extra"):
+                break  # nothing left to cut: the caller sees it did not get small enough
+            extra = _encode(data["extra"])
+            data["extra"] = {"truncated": cut_bytes(extra, excess)}
+        text = escape_surrogates(_encode(data))
+    return text
 
 
 __all__ = ["DEFAULT_MAX_BYTES", "JSONFormatter", "RECORD_KEYS", "STANDARD_ATTRS",
-           "TRUNCATION_MARKER"]
+           "TRUNCATION_MARKER", "cut_bytes", "escape_surrogates", "fit_text", "shrink_record",
+           "utf8_size"]

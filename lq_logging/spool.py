@@ -7,16 +7,31 @@ entry, written with a single ``write`` on an ``O_APPEND`` descriptor:
 * ``{"op": "b", "id": 7, "t": topic, "p": producer_id|null, "s": seq|null, "m": [...]}``:
   a batch. ``p``/``s`` are null when the batch was spooled before it was ever sent.
 * ``{"op": "a", "id": 7, "p": producer_id, "s": seq}``: the batch was given this producer
-  id and seq; written *before* the batch is sent, so a replay after a crash repeats the
-  same seq and the broker appends it once.
+  id and seq; written (and made durable) *before* the batch is sent, so a replay after a
+  crash repeats the same seq and the broker appends it once.
 * ``{"op": "d", "id": 7}``: the batch is done (acknowledged by the broker, or dropped
   because the spool was over its bound). Done batches are never sent again.
+* ``{"op": "p", "id": 8, "of": 7, "t": topic, "m": [...]}`` then
+  ``{"op": "x", "id": 7, "parts": [8, 9]}``: :meth:`Spool.replace`. The ``p`` lines are
+  parts that do not count yet; the ``x`` line, written once they are on disk, swaps batch
+  7 for them in its place. Parts have no producer id or seq (each gets its own ``a`` when
+  it is sent), and batch 7 is never sent again. Without its ``x`` line (a crash before
+  it, or a torn one), the parts are ignored and batch 7 stays as it was. (A reader that
+  predates ``p``/``x`` ignores both and keeps batch 7: never a duplicate.)
 
 A process that dies leaves its file behind, unlocked. :func:`adopt_orphans` (run when a
 handler starts) locks every such file it finds, checks that the path still names the
 inode it locked (a rewrite or unlink may have replaced it meanwhile), and hands the live
 batches over to be delivered first. A torn last line (kill -9 during a write) is ignored
 and cut off.
+
+Durability (``fsync=True``, the default): a kill -9 loses nothing that was written, and
+with fsync a power cut loses nothing that was synced. New batches are synced once per
+call that writes them (:meth:`Spool.sync` after a group of appends), an ``a`` entry
+before its batch is sent, the parts and then the ``x`` line of a replace, and a rewrite
+before it is renamed; creating a file or renaming a rewrite also syncs the directory.
+``d`` entries are not synced: a lost one replays a batch under its recorded seq, which
+the broker drops as a duplicate.
 
 Only done batches are forgotten: the file is truncated once nothing is live, and rewritten
 (into a locked temporary file, then renamed over the old one) when done entries dominate.
@@ -25,6 +40,7 @@ The spool is not thread-safe: one sender thread owns it (see ``handler.py``).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -51,34 +67,67 @@ class SpoolBatch:
     length: int
 
 
-class Spool:
-    """One locked spool file (see the module docstring). Use :meth:`create` or :func:`adopt`."""
+def _sync_file(fd: int) -> None:
+    # fdatasync where there is one: it also writes the size an append changed.
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
-    def __init__(self, path: str, fd: int) -> None:
+
+def _sync_dir(path: str) -> None:
+    """fsync a directory, so a file created or renamed in it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some file systems cannot fsync a directory (and need not).
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """One locked spool file (see the module docstring). Use :meth:`create` or :func:`adopt`.
+
+    ``fsync``: make writes durable against a power cut (see the module docstring).
+    """
+
+    def __init__(self, path: str, fd: int, *, fsync: bool = True) -> None:
         self.path = path
         self.fd = fd
+        self.fsync = fsync
         self.batches: deque[SpoolBatch] = deque()
         self._by_id: dict[int, SpoolBatch] = {}
+        self._pending: dict[int, SpoolBatch] = {}  # "p" parts while loading
         self._next_id = 1
         self._size = 0
         self._live_bytes = 0
+        self._dirty = False
         self.live_records = 0
         self.closed = False
 
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str) -> Spool:
+    def create(cls, directory: str, *, fsync: bool = True) -> Spool:
         """A new, empty spool file for this process in ``directory`` (created if missing)."""
+        made = not os.path.isdir(directory)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"lq-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
                      0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return cls(path, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if fsync:
+                _sync_dir(directory)
+                if made:
+                    _sync_dir(os.path.dirname(os.path.abspath(directory)))
+        except OSError:
+            os.close(fd)
+            raise
+        return cls(path, fd, fsync=fsync)
 
     @classmethod
-    def adopt(cls, path: str) -> Spool | None:
+    def adopt(cls, path: str, *, fsync: bool = True) -> Spool | None:
         """Lock ``path`` if nobody holds it and load its live batches; else ``None``."""
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
@@ -97,7 +146,7 @@ class Spool:
         except OSError:
             os.close(fd)
             return None
-        spool = cls(path, fd)
+        spool = cls(path, fd, fsync=fsync)
         spool._load()
         return spool
 
@@ -121,6 +170,7 @@ class Spool:
         if good_end < size:
             os.ftruncate(self.fd, good_end)
         self._size = good_end
+        self._pending.clear()  # parts whose "x" line never made it: dead bytes
 
     def _apply(self, entry: dict, offset: int, length: int) -> None:
         op = entry["op"]
@@ -143,6 +193,16 @@ class Spool:
                 self.batches.remove(batch)
                 self.live_records -= batch.count
                 self._live_bytes -= batch.length
+        elif op == "p":
+            self._pending[bid] = SpoolBatch(bid, str(entry["t"]), None, None, len(entry["m"]),
+                                            offset, length)
+        elif op == "x":
+            batch = self._by_id.get(bid)
+            parts = [self._pending.get(int(i)) for i in entry["parts"]]
+            if batch is not None and parts and None not in parts:
+                for part in parts:
+                    del self._pending[part.id]
+                self._swap(batch, parts)
 
     # -- writing ------------------------------------------------------------------------
 
@@ -151,15 +211,31 @@ class Spool:
             "utf-8", "surrogatepass")
         offset = self._size
         view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        self._dirty = True
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError:
+            # A partial line (disk full) would glue itself to the next entry: cut it off.
+            try:
+                os.ftruncate(self.fd, offset)
+            except OSError:
+                pass
+            raise
         self._size += len(data)
         return offset, len(data)
 
+    def sync(self) -> None:
+        """Make everything written so far durable (when this spool fsyncs)."""
+        if self.fsync and self._dirty:
+            _sync_file(self.fd)
+            self._dirty = False
+
     def append(self, topic: str, messages: Sequence[str], producer_id: int | None = None,
-               seq: int | None = None) -> SpoolBatch:
-        """Write one batch at the end; return it."""
+               seq: int | None = None, *, sync: bool = True) -> SpoolBatch:
+        """Write one batch at the end; return it. ``sync=False`` leaves the fsync to a
+        later :meth:`sync` (one per group of batches)."""
         bid = self._next_id
         self._next_id += 1
         offset, length = self._write({"op": "b", "id": bid, "t": topic, "p": producer_id,
@@ -169,12 +245,53 @@ class Spool:
         self.batches.append(batch)
         self.live_records += batch.count
         self._live_bytes += length
+        if sync:
+            self.sync()
         return batch
 
     def assign(self, batch: SpoolBatch, producer_id: int, seq: int) -> None:
-        """Record the producer id and seq ``batch`` is about to be sent with."""
+        """Record the producer id and seq ``batch`` is about to be sent with (durably, before
+        it is sent)."""
         self._write({"op": "a", "id": batch.id, "p": producer_id, "s": seq})
+        self.sync()
         batch.producer_id, batch.seq = producer_id, seq
+
+    def replace(self, batch: SpoolBatch, parts: Sequence[Sequence[str]]) -> list[SpoolBatch]:
+        """Put new batches holding ``parts`` (in order) where the live ``batch`` is, in one
+        atomic step: after a crash the file holds either ``batch`` (with its id and seq) or
+        every part (each without one), never both. Returns the new batches.
+
+        This is how a batch the broker refused is split, or a record in it cut down: the
+        parts must each be sent under a new seq, and ``batch`` never again.
+        """
+        if self._by_id.get(batch.id) is not batch:
+            raise ValueError(f"batch {batch.id} is not live in {self.path}")
+        if not parts or not all(parts):
+            raise ValueError("replace needs one or more non-empty parts")
+        new: list[SpoolBatch] = []
+        for messages in parts:
+            bid = self._next_id
+            self._next_id += 1
+            offset, length = self._write({"op": "p", "id": bid, "of": batch.id,
+                                          "t": batch.topic, "m": list(messages)})
+            new.append(SpoolBatch(bid, batch.topic, None, None, len(messages), offset, length))
+        self.sync()  # every part on disk before the line that makes them live
+        self._write({"op": "x", "id": batch.id, "parts": [b.id for b in new]})
+        self._swap(batch, new)
+        self.sync()
+        return new
+
+    def _swap(self, batch: SpoolBatch, parts: list[SpoolBatch]) -> None:
+        index = self.batches.index(batch)
+        del self.batches[index]
+        del self._by_id[batch.id]
+        self.live_records -= batch.count
+        self._live_bytes -= batch.length
+        for i, part in enumerate(parts):
+            self.batches.insert(index + i, part)
+            self._by_id[part.id] = part
+            self.live_records += part.count
+            self._live_bytes += part.length
 
     def done(self, batch: SpoolBatch) -> None:
         """Forget ``batch`` (acknowledged, or dropped)."""
@@ -186,6 +303,7 @@ class Spool:
         if not self.batches:
             os.ftruncate(self.fd, 0)
             self._size = 0
+            self._dirty = True
             return
         self._write({"op": "d", "id": batch.id})
         dead = self._size - self._live_bytes
@@ -234,7 +352,10 @@ class Spool:
             self.batches.append(batch)
             self.live_records += batch.count
             self._live_bytes += length
+        self.sync()  # the copy is whole on disk before it replaces the original
         os.replace(tmp, self.path)
+        if self.fsync:
+            _sync_dir(os.path.dirname(self.path))
         os.close(old_fd)
 
     # -- closing ------------------------------------------------------------------------
@@ -262,7 +383,8 @@ class Spool:
                 pass
 
 
-def adopt_orphans(directory: str, exclude: Sequence[str] = ()) -> list[Spool]:
+def adopt_orphans(directory: str, exclude: Sequence[str] = (), *,
+                  fsync: bool = True) -> list[Spool]:
     """Lock and load every spool file in ``directory`` that no live process holds.
 
     Files with nothing live are removed. Oldest files (by modification time) come first.
@@ -282,7 +404,7 @@ def adopt_orphans(directory: str, exclude: Sequence[str] = ()) -> list[Spool]:
             continue
     adopted: list[Spool] = []
     for _, path in sorted(paths):
-        spool = Spool.adopt(path)
+        spool = Spool.adopt(path, fsync=fsync)
         if spool is None:
             continue
         if not spool.batches:

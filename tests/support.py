@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +51,25 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class BrokerProcess:
-    """``lq broker`` as a subprocess on a free port; ready once /healthz answers."""
+    """``lq broker`` as a subprocess on a free port; ready once /healthz answers.
+
+    ``env``: extra environment variables for the broker (on top of :func:`clean_env`).
+    """
 
     def __init__(self, db_url: str, *, token: str | None = None, args: list[str] | None = None,
-                 port: int | None = None, log_path: Path | None = None) -> None:
+                 port: int | None = None, log_path: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.db_url = db_url
         self.token = token
         self.args = list(args or [])
+        self.env = dict(env or {})
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> BrokerProcess:
-        env = clean_env()
+        env = clean_env(**self.env)
         if self.token:
             env["LQ_TOKEN"] = self.token
         cmd = [LQ, "broker", "--host", "127.0.0.1", "--port", str(self.port), "--db", self.db_url,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.config
 import os
+import stat
 from pathlib import Path
 
 import pytest
+from support import free_port, wait_until
 
 from lq_logging import JSONFormatter, LogQueueHandler
 from lq_logging.spool import Spool, adopt_orphans
@@ -46,6 +49,22 @@ def test_oversized_record_is_truncated_with_a_marker() -> None:
     assert data["truncated"] is True and "[truncated by lq_logging" in data["message"]
 
 
+@pytest.mark.parametrize("prefix", ["", "\udc80"], ids=["plain", "lone-surrogate"])
+def test_oversized_multibyte_record_is_cut_by_bytes_not_wiped(prefix: str) -> None:
+    formatter = JSONFormatter(max_bytes=20_000)
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, prefix + "é" * 30_000,
+                               None, None)
+    text = formatter.format(record)
+    text.encode("utf-8")  # writable by any UTF-8 handler
+    assert 15_000 < len(text.encode()) <= 20_000
+    data = json.loads(text)
+    assert data["truncated"] is True
+    kept = data["message"].split("...[truncated", 1)[0]
+    assert kept == prefix + "é" * (len(kept) - len(prefix)) and len(kept) > 5_000
+    dropped = int(data["message"].rsplit(": ", 1)[1].split()[0])
+    assert len(kept) + dropped == 30_000 + len(prefix)
+
+
 def test_spool_survives_a_torn_write_and_is_adopted_once(tmp_path: Path) -> None:
     spool = Spool.create(str(tmp_path))
     first = spool.append("t", ["a", "b"])
@@ -79,7 +98,156 @@ def test_spool_is_bounded_oldest_first(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"overflow": "never"}, {"topic": "bad topic"},
-                                    {"batch_size": 0}, {"url": []}])
+                                    {"batch_size": 0}, {"url": []}, {"spool_fsync": "maybe"}])
 def test_bad_options_fail_at_configuration(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         LogQueueHandler(**kwargs)
+
+
+# --- a refused batch replaced by its parts -------------------------------------------------
+
+def _live(spool: Spool) -> list[tuple[list[str], int | None, int | None]]:
+    return [(spool.read(b), b.producer_id, b.seq) for b in spool]
+
+
+def _crash_and_adopt(spool: Spool, directory: Path) -> Spool:
+    spool.abandon()  # like kill -9: the lock goes, the file stays
+    [adopted] = adopt_orphans(str(directory))
+    return adopted
+
+
+@pytest.mark.parametrize("crash", ["before the x line", "in the x line", "after it"])
+def test_spool_replace_is_all_or_nothing_across_a_crash(tmp_path: Path, crash: str) -> None:
+    spool = Spool.create(str(tmp_path))
+    spool.append("t", ["a"], 7, 99)
+    refused = spool.append("t", ["b1", "b2", "b3"])
+    spool.append("t", ["c"])
+    spool.assign(refused, 7, 100)
+    size = os.fstat(spool.fd).st_size
+    parts = spool.replace(refused, [["b1"], ["b2", "b3"]])
+    assert [b.count for b in parts] == [1, 2] and spool.live_records == 5
+    assert _live(spool) == [(["a"], 7, 99), (["b1"], None, None), (["b2", "b3"], None, None),
+                            (["c"], None, None)]
+    data = (tmp_path / os.path.basename(spool.path)).read_bytes()
+    x_line = data.rstrip(b"\n").rfind(b"\n") + 1
+    assert json.loads(data[x_line:])["op"] == "x" and data[size:x_line].count(b"\n") == 2
+    cut = {"before the x line": x_line, "in the x line": x_line + 10, "after it": len(data)}
+    os.truncate(spool.path, cut[crash])
+    adopted = _crash_and_adopt(spool, tmp_path)
+    if crash == "after it":
+        assert _live(adopted) == [(["a"], 7, 99), (["b1"], None, None),
+                                  (["b2", "b3"], None, None), (["c"], None, None)]
+    else:  # the refused batch as it was, with its seq; the parts never happened
+        assert _live(adopted) == [(["a"], 7, 99), (["b1", "b2", "b3"], 7, 100),
+                                  (["c"], None, None)]
+    assert adopted.live_records == sum(len(m) for m, _, _ in _live(adopted))
+    new = adopted.append("t", ["d"])
+    assert new.id > max(b.id for b in parts)  # ids of dead parts are never reused
+    adopted.close()
+
+
+def test_spool_split_part_sent_before_a_crash_keeps_its_seq(tmp_path: Path) -> None:
+    spool = Spool.create(str(tmp_path))
+    refused = spool.append("t", [f"m{i}" for i in range(6)])
+    spool.assign(refused, 7, 100)
+    first, second = spool.replace(refused, [["m0", "m1", "m2"], ["m3", "m4", "m5"]])
+    spool.assign(first, 7, 101)  # about to be sent; the crash comes before "done"
+    first_again, third = spool.replace(second, [["m3"], ["m4", "m5"]])
+    assert first_again is not first
+    adopted = _crash_and_adopt(spool, tmp_path)
+    assert _live(adopted) == [(["m0", "m1", "m2"], 7, 101), (["m3"], None, None),
+                              (["m4", "m5"], None, None)]
+    adopted.done(adopted.head())
+    adopted._rewrite()  # compaction keeps the order and the seqs
+    adopted = _crash_and_adopt(adopted, tmp_path)
+    assert _live(adopted) == [(["m3"], None, None), (["m4", "m5"], None, None)]
+    assert adopted.live_records == 3
+    adopted.close()
+
+
+# --- fsync -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def syncs(monkeypatch) -> list[tuple[str, int, int]]:
+    """Every fsync/fdatasync (still done): what it synced (kind, inode) and the size then."""
+    calls: list[tuple[str, int, int]] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name, None)
+        if real is None:
+            continue
+
+        def spy(fd: int, _real=real) -> None:
+            st = os.fstat(fd)
+            calls.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino,
+                          st.st_size))
+            _real(fd)
+
+        monkeypatch.setattr(os, name, spy)
+    return calls
+
+
+def test_spool_fsyncs_each_batch_before_it_counts_and_the_directory(
+        tmp_path: Path, syncs: list) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool.create(str(directory))
+    ino = os.fstat(spool.fd).st_ino
+    assert [(k, i) for k, i, _ in syncs] == [("dir", directory.stat().st_ino),
+                                            ("dir", tmp_path.stat().st_ino)]
+    syncs.clear()
+    a = spool.append("t", ["a"])
+    assert syncs == [("file", ino, os.fstat(spool.fd).st_size)]
+    b = spool.append("t", ["b"], sync=False)
+    spool.append("t", ["c"], sync=False)
+    assert len(syncs) == 1
+    spool.sync()
+    spool.sync()  # nothing new: no second fsync
+    assert len(syncs) == 2 and syncs[-1][2] == os.fstat(spool.fd).st_size
+    spool.assign(a, 7, 100)  # durable before the batch is sent
+    assert len(syncs) == 3 and syncs[-1][2] == os.fstat(spool.fd).st_size
+    spool.done(a)  # a lost "done" only replays a seq the broker already has
+    assert len(syncs) == 3
+    before = os.fstat(spool.fd).st_size
+    spool.replace(b, [["b"]])
+    parts_synced, x_synced = syncs[3:]
+    assert before < parts_synced[2] < x_synced[2] == os.fstat(spool.fd).st_size
+    syncs.clear()
+    spool._rewrite()
+    new_ino = os.fstat(spool.fd).st_ino
+    assert [(k, i) for k, i, _ in syncs] == [("file", new_ino), ("dir", directory.stat().st_ino)]
+    spool.close()
+
+
+def test_spool_without_fsync_never_syncs(tmp_path: Path, syncs: list) -> None:
+    spool = Spool.create(str(tmp_path / "spool"), fsync=False)
+    batch = spool.append("t", ["a", "b"])
+    spool.assign(batch, 7, 100)
+    spool.replace(batch, [["a"], ["b"]])
+    spool._rewrite()
+    spool.sync()
+    spool.close()
+    assert syncs == []
+
+
+def test_spool_fsync_is_a_handler_option_from_dictconfig(tmp_path: Path, syncs: list) -> None:
+    logger = logging.getLogger("test.units.fsync")
+    config = {"version": 1, "disable_existing_loggers": False,
+              "handlers": {"lq": {"class": "lq_logging.LogQueueHandler",
+                                  "url": f"http://127.0.0.1:{free_port()}", "topic": "t",
+                                  "spool_dir": str(tmp_path), "spool_fsync": "false",
+                                  "flush_interval": 0.05, "timeout": 1}},
+              "loggers": {logger.name: {"handlers": ["lq"], "level": "INFO",
+                                        "propagate": False}}}
+    logging.config.dictConfig(config)
+    [handler] = logger.handlers
+    try:
+        assert isinstance(handler, LogQueueHandler) and handler.spool_fsync is False
+        for i in range(10):
+            logger.info("r %d", i)
+        wait_until(lambda: handler.stats()["spooled"] == 10, message="spooled")
+        assert syncs == []
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    default = LogQueueHandler(url="http://127.0.0.1:1", spool_dir=str(tmp_path))
+    default.close()
+    assert default.spool_fsync is True
