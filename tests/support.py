@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -165,3 +166,43 @@ def drop_pg_database(url: str) -> None:
                     "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
         cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
     conn.close()
+
+
+class TopicReader:
+    """Reads a topic from the start through one consumer registration, over raw HTTP (so a
+    test of the client side does not trust the client side to read its result)."""
+
+    def __init__(self, url: str, topic: str) -> None:
+        self.url, self.topic = url, topic
+        self.consumer_id: int | None = None
+        self.texts: list[str] = []
+
+    def poll(self) -> int:
+        """Read what is there (waiting briefly); how many messages came."""
+        if self.consumer_id is None:
+            body = requests.post(self.url + "/consumer/register", json={"topic": self.topic},
+                                 timeout=5).json()
+            assert body["status"] == "success", body
+            self.consumer_id = body["consumer_id"]
+        body = requests.get(self.url + "/consumer/consume",
+                            params={"topic": self.topic, "consumer_id": self.consumer_id,
+                                    "max": 1000, "wait_ms": 200}, timeout=10).json()
+        assert body["status"] == "success", body
+        self.texts += [m["message"] for m in body["messages"]]
+        return len(body["messages"])
+
+    def texts_until(self, count: int, timeout: float = 60.0) -> list[str]:
+        """Read until ``count`` messages came, then on until the topic is drained (so a
+        duplicate beyond the expected messages shows up too)."""
+        def enough() -> bool:
+            self.poll()
+            return len(self.texts) >= count
+        wait_until(enough, timeout=timeout, interval=0,
+                   message=f"{count} messages on {self.topic} (have {len(self.texts)})")
+        while self.poll():
+            pass
+        return self.texts
+
+    def until(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """:meth:`texts_until`, each message parsed as a JSON record."""
+        return [json.loads(text) for text in self.texts_until(count, timeout)]

@@ -7,7 +7,6 @@ arrived with raw HTTP (register a consumer, consume with ``max=1000`` and ``wait
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import logging.config
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import BrokerProcess, clean_env, free_port, wait_until
+from support import BrokerProcess, TopicReader, clean_env, free_port, wait_until
 
 from lq_logging import LogQueueHandler
 
@@ -33,38 +32,6 @@ HOST = socket.gethostname()
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-class Reader:
-    """Reads a topic from the start with one consumer registration, raw HTTP."""
-
-    def __init__(self, url: str, topic: str) -> None:
-        self.url, self.topic = url, topic
-        self.consumer_id: int | None = None
-        self.records: list[dict] = []
-
-    def poll(self) -> list[dict]:
-        if self.consumer_id is None:
-            body = requests.post(self.url + "/consumer/register", json={"topic": self.topic},
-                                 timeout=5).json()
-            assert body["status"] == "success", body
-            self.consumer_id = body["consumer_id"]
-        body = requests.get(self.url + "/consumer/consume",
-                            params={"topic": self.topic, "consumer_id": self.consumer_id,
-                                    "max": 1000, "wait_ms": 200}, timeout=10).json()
-        assert body["status"] == "success", body
-        self.records += [json.loads(m["message"]) for m in body["messages"]]
-        return body["messages"]
-
-    def until(self, count: int, timeout: float = 30.0) -> list[dict]:
-        def enough() -> bool:
-            self.poll()
-            return len(self.records) >= count
-        wait_until(enough, timeout=timeout, interval=0,
-                   message=f"{count} records on {self.topic} (have {len(self.records)})")
-        while self.poll():  # anything beyond the expected count (duplicates) shows up too
-            pass
-        return self.records
-
 
 def messages(records: list[dict], prefix: str) -> list[str]:
     return [r["message"] for r in records if r["message"].startswith(prefix)]
@@ -140,7 +107,7 @@ def test_readme_snippet_ships_10000_records_from_4_threads_in_order(
         t.start()
     for t in threads:
         t.join()
-    records = Reader(broker.url, topic).until(4 * per_thread + 1)
+    records = TopicReader(broker.url, topic).until(4 * per_thread + 1)
     ended = time.time()
 
     assert handler.stats()["dropped"] == 0
@@ -208,7 +175,7 @@ def test_broker_restart_mid_stream_delivers_every_record_exactly_once(
         for i in range(3000, 4000):
             log.info("r %d", i)
         handler.flush()
-        records = Reader(broker.url, "restart").until(4000)
+        records = TopicReader(broker.url, "restart").until(4000)
         assert messages(records, "r ") == [f"r {i}" for i in range(4000)]
         stats = handler.stats()
         assert stats["sent"] == 4000 and stats["dropped"] == 0 and stats["spooled"] == 0
@@ -280,7 +247,7 @@ def test_kill_9_with_records_spooled_then_a_new_process_delivers_them_once(
                             capture_output=True, text=True, env=env, timeout=60)
     assert second.returncode == 0, second.stderr
     assert "DONE" in second.stdout
-    records = Reader(broker.url, "crash").until(501)
+    records = TopicReader(broker.url, "crash").until(501)
     assert messages(records, "c ") == [f"c {i}" for i in range(500)]
     assert messages(records, "second") == ["second process"]
     assert len(records) == 501
@@ -323,7 +290,7 @@ def test_forked_children_deliver_their_records_and_never_the_parents(
         child.start()
         child.join(30)
         assert child.exitcode == 0
-        records = Reader(broker.url, "fork").until(200)
+        records = TopicReader(broker.url, "fork").until(200)
         assert messages(records, "parent") == [f"parent {i}" for i in range(100)]
         assert messages(records, "childA") == [f"childA {i}" for i in range(50)]
         assert messages(records, "childB") == [f"childB {i}" for i in range(50)]
@@ -363,7 +330,7 @@ def test_overflow_drop_never_blocks_counts_drops_and_ships_the_count(
         assert stats["retries"] > 0 and stats["last_error"]
         broker = start_broker(f"sqlite:///{tmp_path / 'lq.db'}", port=port)
         dropped = handler.stats()["dropped"]
-        reader = Reader(broker.url, "drops")
+        reader = TopicReader(broker.url, "drops")
         records = reader.until(20_000 - dropped + 1)
         report = [r for r in records if r["logger"] == "lq_logging"]
         assert len(report) == 1 and report[0]["extra"]["lq_dropped"] == dropped
@@ -401,7 +368,7 @@ def test_root_at_debug_with_requests_logging_never_recurses(
     handler.flush()
     root.removeHandler(handler)  # the reader's own requests log too: keep them out
     logging.getLogger("urllib3").setLevel(logging.NOTSET)
-    reader = Reader(sqlite_broker.url, "debug")
+    reader = TopicReader(sqlite_broker.url, "debug")
     records = reader.until(301)
     assert messages(records, "d ") == [f"d {i}" for i in range(300)]
     ours = [r for r in records if r["logger"].startswith("urllib3")]
@@ -460,7 +427,7 @@ def test_records_emitted_after_close_are_counted_not_sent(sqlite_broker: BrokerP
     assert handler.stats()["sent"] == 1
     handler.handle(record)
     assert handler.stats()["dropped"] == 1
-    assert Reader(sqlite_broker.url, "closed").until(1)[0]["message"] == "late"
+    assert TopicReader(sqlite_broker.url, "closed").until(1)[0]["message"] == "late"
 
 
 def test_utc_time_matches_the_record(sqlite_broker: BrokerProcess, tmp_path: Path) -> None:
@@ -469,6 +436,6 @@ def test_utc_time_matches_the_record(sqlite_broker: BrokerProcess, tmp_path: Pat
     record.created = 1714564800.123456
     handler.handle(record)
     handler.close()
-    got = Reader(sqlite_broker.url, "time").until(1)[0]
+    got = TopicReader(sqlite_broker.url, "time").until(1)[0]
     assert got["time"] == datetime.fromtimestamp(1714564800.123456, UTC).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import BrokerProcess, free_port, wait_until
+from support import BrokerProcess, TopicReader, free_port, wait_until
 
 from lq_logging import LogQueueHandler
 from lq_logging.spool import Spool
@@ -29,39 +29,6 @@ from sdk import BadRequest, Client
 BROKER_LIMIT = 1024 * 1024  # the broker's default per-message limit (UTF-8 bytes)
 MARKER = re.compile(r"\.\.\.\[truncated by lq_logging: \d+ characters dropped\]$")
 DROP_REPORT = re.compile(r"LogQueueHandler dropped (\d+) records")
-
-
-class RawReader:
-    """Reads a topic from the start with one consumer registration; raw message texts."""
-
-    def __init__(self, url: str, topic: str) -> None:
-        self.url, self.topic = url, topic
-        self.consumer_id: int | None = None
-        self.texts: list[str] = []
-
-    def poll(self) -> int:
-        if self.consumer_id is None:
-            body = requests.post(self.url + "/consumer/register", json={"topic": self.topic},
-                                 timeout=5).json()
-            assert body["status"] == "success", body
-            self.consumer_id = body["consumer_id"]
-        body = requests.get(self.url + "/consumer/consume",
-                            params={"topic": self.topic, "consumer_id": self.consumer_id,
-                                    "max": 1000, "wait_ms": 200}, timeout=10).json()
-        assert body["status"] == "success", body
-        self.texts += [m["message"] for m in body["messages"]]
-        return len(body["messages"])
-
-    def until(self, predicate, message: str, timeout: float = 60.0) -> list[str]:
-        """Read until ``predicate(texts)``, then read on until the topic is drained (so a
-        duplicate beyond the expected records would show up too)."""
-        def ready() -> bool:
-            self.poll()
-            return predicate(self.texts)
-        wait_until(ready, timeout=timeout, interval=0, message=message)
-        while self.poll():
-            pass
-        return self.texts
 
 
 def dropped_reported(texts: list[str]) -> int:
@@ -111,7 +78,7 @@ def test_batches_with_an_oversized_record_are_split_and_the_record_cut_down(
     # Batches of 100 wait in memory: 0-99, 100-199, 200-299, one oversized record in each
     # (the 2.8 MB one in a batch of its own: the handler caps a batch at 1 Mi characters).
     broker = start_broker(f"sqlite:///{tmp_path / 'lq.db'}", port=port)
-    texts = RawReader(broker.url, "big").until(lambda t: len(t) >= 301, "301 records")
+    texts = TopicReader(broker.url, "big").texts_until(301)
 
     records = [json.loads(t) for t in texts]
     assert len(records) == 301
@@ -140,7 +107,7 @@ def test_a_lone_surrogate_is_escaped_not_refused(sqlite_broker: BrokerProcess, t
     for i in range(10):
         log.info("file %d %s", i, name if i % 3 == 0 else "ok.txt")
     handler.flush()
-    texts = RawReader(sqlite_broker.url, "surrogate").until(lambda t: len(t) >= 10, "10")
+    texts = TopicReader(sqlite_broker.url, "surrogate").texts_until(10)
     assert [json.loads(t)["message"] for t in texts] == [
         f"file {i} {name if i % 3 == 0 else 'ok.txt'}" for i in range(10)]
     stats = handler.stats()
@@ -178,8 +145,11 @@ def test_spooled_batches_refused_by_the_broker_are_split_in_the_spool(
     assert list(spool_dir.glob("*.spool"))
 
     broker = start_broker(f"sqlite:///{tmp_path / 'lq.db'}", port=port)
-    texts = RawReader(broker.url, "spooled").until(
-        lambda t: len(t) >= 198 and dropped_reported(t) == 2, "198 records and 2 drops")
+    reader = TopicReader(broker.url, "spooled")
+    wait_until(lambda: reader.poll() >= 0 and len(reader.texts) >= 198
+               and dropped_reported(reader.texts) == 2,
+               timeout=60, interval=0, message="198 records and 2 drops")
+    texts = reader.texts_until(len(reader.texts))  # drained: a duplicate would show up
 
     data = [t for t in texts if not DROP_REPORT.search(t)]
     reports = texts[len(data):]
@@ -229,7 +199,7 @@ def test_a_split_spooled_batch_survives_a_crash_between_its_parts(
     wait_until(lambda: handler.stats()["sent"] == 10, message="the adopted spool delivered")
     log.info("later")
     handler.flush()
-    texts = RawReader(sqlite_broker.url, topic).until(lambda t: len(t) >= 11, "11 records")
+    texts = TopicReader(sqlite_broker.url, topic).texts_until(11)
     assert texts[:9] == ["m 0", "m 1", "m 2", "m 3", "m 4", "m 6", "m 7", "m 8", "m 9"]
     report, later = (json.loads(t) for t in texts[9:])
     assert report["logger"] == "lq_logging" and report["extra"] == {"lq_dropped": 1}
@@ -270,7 +240,7 @@ def test_a_broker_with_a_smaller_limit_gets_every_record_oversized_ones_cut_down
         else:
             log.info("n %d", i)
     handler.flush()
-    texts = RawReader(small_limit_broker.url, "small").until(lambda t: len(t) >= 200, "200")
+    texts = TopicReader(small_limit_broker.url, "small").texts_until(200)
     assert len(texts) == 200
     for i, text in enumerate(texts):
         record = json.loads(text)
