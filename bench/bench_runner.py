@@ -1,12 +1,15 @@
 """Benchmark the consumer runner (`lq consume`).
 
 1. Throughput: N records in one topic; the raw consume rate (SDK fetch + commit, no sink) and
-   `lq consume` into the file sink and the SQL sink (SQLite, and PostgreSQL when reachable),
-   all in the same run against the same broker, with ratios to the raw rate.
+   `lq consume` into the file sink and the SQL sink (SQLite, and PostgreSQL when reachable,
+   both through COPY and through the multi-row INSERT of `copy = false`), with and without
+   prefetch (fetching the next batch while writing this one), all in the same run against
+   the same broker, with ratios to the raw rate. With --rounds R each row is measured R
+   times (interleaved) and the median is shown.
 2. Latency: an application logs through LogQueueHandler at a fixed rate; `lq consume` writes
    to the file sink; a tail thread reads the file and measures logger.info() -> line in file.
 
-    python bench/bench_runner.py [--records 50000] [--rate 1000] [--seconds 10]
+    python bench/bench_runner.py [--records 50000] [--rounds 1] [--rate 1000] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ def record(i: int) -> str:
         "host": "bench", "extra": {"order_id": i}, "service": "shop"})
 
 
-def raw_consume(url: str, topic: str, n: int) -> float:
+def raw_consume(url: str, topic: str, n: int, name: str = "raw") -> float:
     """records/s of fetch(max=1000) + commit with no sink: the ceiling for the runner."""
     with Client(url) as client:
-        consumer = client.consumer(name="raw")
+        consumer = client.consumer(name=name)
         start = time.perf_counter()
         got = 0
         offset = None
@@ -53,11 +56,20 @@ def raw_consume(url: str, topic: str, n: int) -> float:
         return got / (time.perf_counter() - start)
 
 
-def runner_rate(url: str, topic: str, sink: str, name: str, workdir: Path) -> float:
-    done = subprocess.run([LQ, "consume", "--url", url, "--topic", topic, "--name", name,
-                           "--sink", sink, "--batch", "1000", "--wait", "0.2", "--until-empty",
-                           "--progress"], cwd=workdir, capture_output=True, text=True,
-                          timeout=600)
+def runner_rate(url: str, topic: str, sink: str, name: str, workdir: Path,
+                prefetch: bool = True, **options: str | bool) -> float:
+    """records/s of `lq consume` draining ``topic`` into ``sink`` (with the sink's keyword
+    ``options``), through a TOML config."""
+    config = workdir / f"{name}.toml"
+    config.write_text(f"url = {json.dumps(url)}\nuntil_empty = true\n"
+                      f"prefetch = {json.dumps(prefetch)}\n"
+                      f"[[pipeline]]\nname = {json.dumps(name)}\n"
+                      f"topics = [{json.dumps(topic)}]\nbatch = 1000\nwait = 0.2\n"
+                      f"[[pipeline.sink]]\nspec = {json.dumps(sink)}\n"
+                      + "".join(f"{key} = {json.dumps(value)}\n"
+                                for key, value in options.items()))
+    done = subprocess.run([LQ, "consume", "--config", str(config), "--progress"], cwd=workdir,
+                          capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"lq consume failed: {done.stderr}")
     match = re.search(r"done: ([\d,]+) records in ([\d.]+)s", done.stderr)
@@ -131,6 +143,8 @@ def pct(values: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each throughput row this many times; show the median")
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
@@ -143,23 +157,36 @@ def main() -> None:
                 for start in range(0, args.records, 1000):
                     producer.send_many(topic, [record(i) for i in
                                                range(start, min(start + 1000, args.records))])
-            rows: list[tuple[str, float]] = [("raw consume (SDK fetch+commit, no sink)",
-                                              raw_consume(url, topic, args.records))]
-            rows.append(("lq consume -> file (JSON lines, fsync)",
-                         runner_rate(url, topic, f"file:{workdir / 'out.jsonl'}", "file",
-                                     workdir)))
-            rows.append(("lq consume -> file (fsync=false)",
-                         runner_rate(url, topic, f"file:{workdir / 'out2.jsonl'}?fsync=false",
-                                     "file2", workdir)))
-            rows.append(("lq consume -> sql (SQLite)",
-                         runner_rate(url, topic, f"sql:sqlite:///{workdir / 'sink.db'}",
-                                     "sqlite", workdir)))
-            if pg:
-                rows.append(("lq consume -> sql (PostgreSQL)",
-                             runner_rate(url, topic, f"sql:{pg}", "pg", workdir)))
+            # label, sink, its options, prefetch; "{dir}" and "{name}" are filled per run
+            paths: list[tuple[str, str, dict[str, str | bool], bool]] = []
+            sinks: list[tuple[str, str, dict[str, str | bool]]] = [
+                ("file (JSON lines, fsync)", "file:{dir}/out-{name}.jsonl", {}),
+                ("file (fsync=false)", "file:{dir}/out-{name}.jsonl?fsync=false", {}),
+                ("sql (SQLite)", "sql:sqlite:///{dir}/sink-{name}.db", {})]
+            if pg:  # one table per run, so every run writes fresh rows
+                sinks += [("sql (PostgreSQL, multi-row INSERT)", f"sql:{pg}",
+                           {"table": "t_{name}", "copy": False}),
+                          ("sql (PostgreSQL, COPY)", f"sql:{pg}", {"table": "t_{name}"})]
+            for label, sink, options in sinks:
+                for prefetch in (False, True):
+                    paths.append((f"lq consume -> {label}, prefetch "
+                                  f"{'on' if prefetch else 'off'}", sink, options, prefetch))
+            results: dict[str, list[float]] = {"raw": []}
+            for r in range(args.rounds):
+                results["raw"].append(raw_consume(url, topic, args.records, f"raw-{r}"))
+                for index, (label, sink, options, prefetch) in enumerate(paths):
+                    name = f"p{index}_r{r}"
+                    filled = {k: v.format(name=name) if isinstance(v, str) else v
+                              for k, v in options.items()}
+                    results.setdefault(label, []).append(runner_rate(
+                        url, topic, sink.format(dir=workdir, name=name), name, workdir,
+                        prefetch, **filled))
+            rows = [("raw consume (SDK fetch+commit, no sink)",
+                     statistics.median(results["raw"]))]
+            rows += [(label, statistics.median(results[label])) for label, *_ in paths]
             raw = rows[0][1]
             print(f"\nThroughput, {args.records:,} records of ~400 bytes, broker on SQLite, "
-                  f"batch 1000\n")
+                  f"batch 1000, median of {args.rounds} round(s)\n")
             print("| path | records/s | ratio to raw consume |")
             print("|---|---:|---:|")
             for label, value in rows:

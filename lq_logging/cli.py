@@ -43,7 +43,16 @@ Examples:
 \b
 Delivery is at least once: fetch, write and flush every sink, then commit. With --name the
 position survives restarts (use one name per independent runner). SIGTERM or Ctrl-C
-finishes the batch in hand, commits and exits 0; a second signal exits at once.
+finishes the batch in hand, commits and exits 0; a second signal exits at once (128+N).
+
+\b
+Exit status:
+  0    stopped by a signal (or --until-empty): everything written is committed
+  1    a pipeline failed (a sink kept failing, the broker refused the consumer)
+  2    bad options or configuration
+  75   a signal came while a sink (or the commit) was failing: the runner stopped
+       retrying at once and did not commit the batch in hand; the next start delivers it
+       again (nothing is lost)
 """
 
 

@@ -23,6 +23,15 @@ SIGINT lets a worker that is writing a batch finish it and commit; a worker that
 a fetch is abandoned (it has written nothing, so nothing is lost). Then the sinks are closed
 and the process exits 0. A second signal exits at once (128 + signal number); at-least-once
 delivery redelivers the uncommitted batch.
+
+Every wait between retries (the broker's backoff, a sink's retry, a sink's own backoff through
+:func:`~lq_logging.sinks.pause`, a failed commit) is one wait on the runner's stop event, so a
+stop request ends it at once. A batch whose sink was failing when the stop came is not
+written: the worker raises :class:`~lq_logging.sinks.Interrupted`, commits nothing of it (the
+next start delivers it again) and the process exits :data:`EXIT_INTERRUPTED` (75, sysexits'
+EX_TEMPFAIL: stopped as asked, but a sink was failing and a batch is left to redeliver). The
+same goes for a batch written whose commit kept failing once the stop came. A request in
+flight (an HTTP POST, a database statement) is not cut short: it ends within its timeout.
 """
 
 from __future__ import annotations
@@ -36,14 +45,27 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from lq_logging.sinks import Entry, Rejected, Sink, SinkError, build_sink
-from sdk import Client, Consumer, LogQueueError
+from lq_logging.sinks import (
+    Entry,
+    Interrupted,
+    Rejected,
+    Sink,
+    SinkError,
+    build_sink,
+    interruptible,
+    pause,
+)
+from sdk import Client, Consumer, LogQueueError, Message
 from sdk.exceptions import BadRequest, NotRegistered, Unauthorized, UnknownId, UnknownTopic
+
+#: What a fetch returns: the messages and the consumer's position.
+Fetched = tuple[list[Message], int]
 
 #: Refusals that mean the topic or the registration no longer exists: retrying cannot help.
 GONE = (UnknownTopic, UnknownId, NotRegistered)
@@ -58,6 +80,11 @@ def gone_reason(what: str, exc: Exception) -> str:
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 DEFAULT_DEAD_LETTER = "lq-dead-letter.jsonl"
+
+#: Exit status when a stop request cut a failing sink's retries short (sysexits EX_TEMPFAIL):
+#: nothing is lost, the batch in hand is delivered again at the next start. A failed pipeline
+#: (exit 1) takes precedence.
+EXIT_INTERRUPTED = 75
 
 
 class ConfigError(ValueError):
@@ -107,6 +134,7 @@ class RunnerConfig:
     sink_retries: int = 3
     retry_backoff: float = 0.5
     until_empty: bool = False
+    prefetch: bool = True
 
 
 def parse_level(value: str | int | None) -> int | None:
@@ -134,7 +162,7 @@ def _prefixes(value: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 _TOP_KEYS = {"url", "token", "dead_letter", "sink_retries", "retry_backoff", "pipeline",
-             "until_empty"}
+             "until_empty", "prefetch"}
 _PIPELINE_KEYS = {"name", "topics", "topic", "consumer", "from", "min_level", "logger_prefix",
                   "batch", "wait", "sinks", "sink"}
 
@@ -171,6 +199,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> RunnerConf
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from exc
     config.until_empty = bool(data.get("until_empty", False))
+    config.prefetch = bool(data.get("prefetch", True))
     pipelines = data.get("pipeline")
     if not isinstance(pipelines, list) or not pipelines:
         raise ConfigError(f"{source}: no [[pipeline]] table")
@@ -312,6 +341,7 @@ class Pipeline:
         self.filter = RecordFilter(config.min_level, config.logger_prefixes)
         self.lock = threading.Lock()
         self.failed: str | None = None
+        self.interrupted: str | None = None  # stopped mid-retry: a batch left uncommitted
         self.consumer: Consumer | None = None
         self.records = 0  # fetched
         self.written = 0  # passed the filter and reached the sinks
@@ -319,9 +349,10 @@ class Pipeline:
 
     def deliver(self, topic: str, entries: list[Entry]) -> None:
         """Write ``entries`` to every sink and flush them all; raise PipelineFailed when a
-        sink keeps failing (then nothing may be committed)."""
+        sink keeps failing, Interrupted when a stop request comes while a sink is failing
+        (in both cases nothing may be committed)."""
         kept = [e for e in entries if self.filter(e)] if self.filter.active else entries
-        with self.lock:
+        with self.lock, interruptible(self.runner.stop_event):
             if self.closed:
                 raise PipelineFailed("the pipeline is closed")
             if kept:
@@ -340,6 +371,8 @@ class Pipeline:
             try:
                 call()
                 return
+            except Interrupted as exc:  # the sink's own retry wait (pause) was cut short
+                raise self._interrupted(spec, step, topic, kept, str(exc)) from exc
             except Rejected as rejected:
                 self.runner.dead_letters.add(self.name, spec, rejected.rejects)
                 self.runner.say(f"pipeline {self.name!r}: sink {spec} rejected "
@@ -354,10 +387,23 @@ class Pipeline:
                         f"{topic!r} (offsets {kept[0].offset}-{kept[-1].offset}) "
                         f"{retries + 1} times; last error: {problem}. Nothing of this batch "
                         f"was committed: it is delivered again at the next start.") from exc
+                if self.runner.stopping:
+                    raise self._interrupted(spec, step, topic, kept, problem) from exc
                 self.runner.say(f"pipeline {self.name!r}: sink {spec} {step} failed "
                                 f"({problem}); retry {attempt + 1}/{retries} in {delay:.1f}s")
-                time.sleep(delay)
+                try:
+                    pause(delay)
+                except Interrupted:
+                    raise self._interrupted(spec, step, topic, kept, problem) from exc
                 delay = min(delay * 2, 30.0)
+
+    @staticmethod
+    def _interrupted(spec: str, step: str, topic: str, kept: list[Entry],
+                     problem: str) -> Interrupted:
+        return Interrupted(
+            f"stopped while sink {spec} was failing to {step} {len(kept)} record(s) of topic "
+            f"{topic!r} (offsets {kept[0].offset}-{kept[-1].offset}; last error: {problem}). "
+            f"Nothing of this batch was committed: it is delivered again at the next start.")
 
     def close(self) -> list[str]:
         problems = []
@@ -372,7 +418,14 @@ class Pipeline:
 
 
 class TopicWorker(threading.Thread):
-    """Fetch -> deliver -> commit for one topic of one pipeline."""
+    """Fetch -> deliver -> commit for one topic of one pipeline.
+
+    Prefetch: once a batch is in hand, the next one (from the offset after its last message,
+    the position does not move) is fetched on a short-lived daemon thread while this one is
+    written, flushed and committed. Commits stay in order and only follow a written batch; a
+    prefetched batch is only ever used as the batch from exactly the offset just committed
+    (otherwise, or when the prefetch failed, it is fetched again), and dropped when stopping.
+    """
 
     def __init__(self, runner: Runner, pipeline: Pipeline, topic: str) -> None:
         super().__init__(name=f"lq-consume:{pipeline.name}:{topic}", daemon=True)
@@ -381,14 +434,30 @@ class TopicWorker(threading.Thread):
         self.topic = topic
         self.ready = False
         self.position: int | None = None
+        self._busy = False
 
     def run(self) -> None:
         try:
             self._run()
         except PipelineFailed as exc:
             self.runner.fail(self.pipeline, str(exc))
+        except Interrupted as exc:
+            self.runner.interrupt(self.pipeline, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug must still stop the pipeline loudly
             self.runner.fail(self.pipeline, f"unexpected {type(exc).__name__}: {exc}")
+        finally:
+            # Only now, with a failure or interruption recorded: the main thread decides the
+            # exit status as soon as no worker is busy.
+            self._leave_busy()
+
+    def _enter_busy(self) -> bool:
+        self._busy = self.runner.enter_busy(self)
+        return self._busy
+
+    def _leave_busy(self) -> None:
+        if self._busy:
+            self._busy = False
+            self.runner.leave_busy(self)
 
     def _keep_going(self) -> bool:
         return not self.runner.stopping and self.pipeline.failed is None
@@ -439,37 +508,68 @@ class TopicWorker(threading.Thread):
         self.runner.worker_ready()
         cfg = self.pipeline.config
         offset: int | None = None
+        ahead: tuple[int, Future[Fetched]] | None = None  # (its offset, the fetch)
         while True:
             if not self.runner.enter_idle(self):
                 return
-            fetched = self._broker("fetch", lambda at=offset: consumer.fetch(
-                self.topic, offset=at, max=cfg.batch, wait=cfg.wait))
+            fetched = self._prefetched(ahead, offset)
+            ahead = None
+            if fetched is None:
+                fetched = self._broker("fetch", lambda at=offset: consumer.fetch(
+                    self.topic, offset=at, max=cfg.batch, wait=cfg.wait))
             if fetched is None:
                 return
             messages, position = fetched
-            if not self.runner.enter_busy(self):
+            if not self._enter_busy():
                 return  # stopping: abandon the fetch; nothing was written
-            try:
-                if offset is None:
-                    offset = position
-                if not messages:
-                    self.position = offset
-                    if self.runner.config.until_empty:
-                        return
-                    continue
+            if offset is None:
+                offset = position
+            if messages:
+                next_offset = messages[-1].offset + 1
+                if self.runner.config.prefetch:
+                    ahead = (next_offset, self._prefetch(consumer, next_offset))
                 entries = [Entry.decode(self.topic, m.offset, m.value, m.ts) for m in messages]
                 self.pipeline.deliver(self.topic, entries)
-                next_offset = messages[-1].offset + 1
                 committed = self._commit(consumer, next_offset)
                 offset = max(next_offset, committed)
-                self.position = offset
                 self.runner.count(len(messages))
-            finally:
-                self.runner.leave_busy(self)
+            self.position = offset
+            self._leave_busy()
+            if not messages and self.runner.config.until_empty:
+                return
+
+    def _prefetch(self, consumer: Consumer, offset: int) -> Future[Fetched]:
+        """Fetch from ``offset`` on a daemon thread (one try: a failure is left to the next
+        regular fetch, which backs off and reports)."""
+        cfg = self.pipeline.config
+        future: Future[Fetched] = Future()
+
+        def fetch() -> None:
+            try:
+                future.set_result(consumer.fetch(self.topic, offset=offset, max=cfg.batch,
+                                                 wait=cfg.wait))
+            except BaseException as exc:  # noqa: BLE001 - handed to the worker
+                future.set_exception(exc)
+
+        threading.Thread(target=fetch, name=f"{self.name}:prefetch", daemon=True).start()
+        return future
+
+    @staticmethod
+    def _prefetched(ahead: tuple[int, Future[Fetched]] | None,
+                    offset: int | None) -> Fetched | None:
+        """The prefetched batch when it starts at ``offset`` and its fetch succeeded."""
+        if ahead is None or ahead[0] != offset:
+            return None  # none, or the commit moved elsewhere (another runner, same name)
+        try:
+            return ahead[1].result()
+        except LogQueueError:
+            return None
 
     def _commit(self, consumer: Consumer, offset: int) -> int:
-        """Commit, retrying while the broker is down, even while stopping (the batch is
-        written; committing it is what "finish the batch" means)."""
+        """Commit, retrying while the broker is down (each try is the SDK's own retries).
+        Once stopping, a failed try is the last: the batch is written but not committed, and
+        :class:`Interrupted` says it is delivered again at the next start. A stop request
+        during the wait between tries still gets one more try ("finish the batch")."""
         delay = 0.5
         while True:
             try:
@@ -480,9 +580,14 @@ class TopicWorker(threading.Thread):
                 raise PipelineFailed(f"the broker refused the commit of offset {offset} on "
                                      f"{self.topic!r}: {exc}") from exc
             except LogQueueError as exc:
+                if self.runner.stopping:
+                    raise Interrupted(
+                        f"stopped before the commit of offset {offset} on {self.topic!r} "
+                        f"succeeded ({exc}); the batch was written and is delivered again at "
+                        "the next start") from exc
                 self.runner.say(f"pipeline {self.pipeline.name!r}: commit on {self.topic!r} "
                                 f"failed ({exc}); retrying in {delay:.1f}s")
-                time.sleep(delay)
+                self.runner.wait(delay)
                 delay = min(delay * 2, 10.0)
 
 
@@ -507,7 +612,8 @@ class Runner:
         self.client: Client | None = None
         self.stopping = False
         self._cond = threading.Condition()  # an RLock: the signal handler may take it
-        self._stop_event = threading.Event()
+        #: Set by a stop request; every wait between retries (runner and sinks) waits on it.
+        self.stop_event = threading.Event()
         self._busy = 0
         self._ready = 0
         self._total = 0
@@ -545,7 +651,8 @@ class Runner:
     # -- running ----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped; return the exit code (0, or 1 when a pipeline failed)."""
+        """Run until stopped; return the exit code: 0, 1 when a pipeline failed, or
+        :data:`EXIT_INTERRUPTED` when a stop request cut a failing sink's retries short."""
         if not self.pipelines:
             self.build_sinks()
         restore = self._install_signal_handlers()
@@ -569,7 +676,9 @@ class Runner:
             if self.client is not None:
                 self.client.close()
             restore()
-        return 1 if any(p.failed for p in self.pipelines) else 0
+        if any(p.failed for p in self.pipelines):
+            return 1
+        return EXIT_INTERRUPTED if any(p.interrupted for p in self.pipelines) else 0
 
     def _wait(self) -> None:
         """Main thread: wait for the workers (or, once stopping, for busy ones only), showing
@@ -618,10 +727,12 @@ class Runner:
         with self._cond:
             self._total += n
 
-    def wait(self, seconds: float) -> None:
-        """Sleep that a stop request cuts short."""
-        self._stop_event.wait(seconds)
+    def wait(self, seconds: float) -> bool:
+        """Sleep that a stop request cuts short; True when stopping."""
+        return self.stop_event.wait(seconds)
 
+    # fail() and interrupt() run on a worker before it leaves busy (TopicWorker.run), so once
+    # stopping the main thread sees the outcome, and its message, before it exits.
     def fail(self, pipeline: Pipeline, message: str) -> None:
         with self._cond:
             first = pipeline.failed is None
@@ -631,10 +742,17 @@ class Runner:
         if first:
             self.say(f"error: pipeline {pipeline.name!r} stopped: {message}")
 
+    def interrupt(self, pipeline: Pipeline, message: str) -> None:
+        """A stop request cut ``pipeline`` short with a batch left uncommitted."""
+        with self._cond:
+            pipeline.interrupted = message
+            self._cond.notify_all()
+        self.say(f"pipeline {pipeline.name!r}: {message}")
+
     def request_stop(self, reason: str = "stop requested") -> None:
         with self._cond:
             self.stopping = True
-            self._stop_event.set()
+            self.stop_event.set()
             self._cond.notify_all()
         busy = self._busy
         self.say(f"{reason}: " + (f"finishing {busy} batch(es), then exiting"
@@ -671,7 +789,7 @@ class Runner:
             self.err.flush()
 
     def _lag_loop(self) -> None:
-        while not self._stop_event.is_set():
+        while not self.stop_event.is_set():
             try:
                 lag = 0
                 for pipeline in self.pipelines:
@@ -682,7 +800,7 @@ class Runner:
                 self._lag = lag
             except Exception:  # noqa: BLE001 - lag is informational only
                 self._lag = None
-            self._stop_event.wait(1.0)
+            self.stop_event.wait(1.0)
 
     def _line(self) -> str:
         elapsed = max(time.monotonic() - self._started, 1e-9)
@@ -716,6 +834,6 @@ def _isatty(stream: IO[str]) -> bool:
     return bool(isatty and isatty())
 
 
-__all__ = ["ConfigError", "DeadLetters", "Pipeline", "PipelineConfig", "PipelineFailed",
-           "RecordFilter", "Runner", "RunnerConfig", "SinkConfig", "TopicWorker",
-           "config_from_dict", "load_config", "parse_level"]
+__all__ = ["EXIT_INTERRUPTED", "ConfigError", "DeadLetters", "Pipeline", "PipelineConfig",
+           "PipelineFailed", "RecordFilter", "Runner", "RunnerConfig", "SinkConfig",
+           "TopicWorker", "config_from_dict", "load_config", "parse_level"]

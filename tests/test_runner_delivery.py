@@ -1,5 +1,6 @@
 """Delivery: kill -9 and restart loses nothing, SIGTERM commits what it wrote, a failing sink
-stops its pipeline without committing. Real brokers on SQLite and PostgreSQL."""
+stops its pipeline without committing, SIGTERM during a sink's retry wait exits at once without
+committing. Real brokers on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from support import wait_until
 from test_runner_helpers import (
     Endpoint,
-    RunnerProcess,
     count_lines,
     make_record,
     new_topic,
@@ -24,6 +25,7 @@ from test_runner_helpers import (
     start_runner,
 )
 
+from lq_logging.runner import EXIT_INTERRUPTED
 from lq_logging.sinks.sql import normalize_url
 
 N = 12_000
@@ -124,15 +126,97 @@ def test_failing_sink_stops_the_pipeline_without_committing(broker, runners,  # 
 def test_second_signal_exits_at_once(broker, runners, tmp_path: Path) -> None:  # noqa: F811
     topic = new_topic("twice")
     produce_records(broker.url, topic, [make_record(0)])
-    with Endpoint(mode="fail") as endpoint:
-        runner = RunnerProcess(["--url", broker.url, "--topic", topic, "--name", "twice",
-                                "--sink-retries", "100", "--sink", endpoint.url], tmp_path)
-        runners.append(runner)
-        runner.start()
-        wait_until(lambda: "retry 1/100" in runner.stderr, timeout=30, message="a retry")
+    with Endpoint(mode="hang") as endpoint:  # the POST stays in flight: the batch is busy
+        config = tmp_path / "runner.toml"
+        config.write_text(textwrap.dedent(f"""
+            url = "{broker.url}"
+            [[pipeline]]
+            name = "twice"
+            topics = ["{topic}"]
+            [[pipeline.sink]]
+            spec = "{endpoint.url}"
+            timeout = 120
+        """))
+        runner = start_runner(runners, ["--config", str(config)], tmp_path)
+        wait_until(lambda: endpoint.requests >= 1, timeout=30, message="the POST")
         runner.signal(signal.SIGTERM)
         wait_until(lambda: "finishing 1 batch" in runner.stderr, timeout=10,
                    message="the first signal")
         runner.signal(signal.SIGTERM)
-        assert runner.wait(5) == 128 + signal.SIGTERM
+        assert runner.wait(10) == 128 + signal.SIGTERM
     assert position(broker.url, topic, "twice") == 0
+
+
+@pytest.mark.parametrize("waiting", ["sink backoff", "runner retry"])
+def test_sigterm_during_a_sink_retry_stops_at_once_without_committing(
+        broker, runners, tmp_path: Path, waiting: str) -> None:  # noqa: F811
+    """The endpoint answers 503 forever; the runner waits two minutes between retries (in the
+    HTTP sink's own backoff, or in the runner's sink retry). SIGTERM ends that wait: the
+    runner exits 75 long before the two minutes, the failing batch is not committed, and a
+    restart with a working endpoint delivers every record exactly once."""
+    topic = new_topic("retry")
+    records = [make_record(i) for i in range(160)]
+    produce_records(broker.url, topic, records[:100])
+    sink_retries, http_retries = (3, 1000) if waiting == "sink backoff" else (1000, 0)
+    with Endpoint() as endpoint:
+        config = tmp_path / "runner.toml"
+        config.write_text(textwrap.dedent(f"""
+            url = "{broker.url}"
+            sink_retries = {sink_retries}
+            retry_backoff = 120
+            [[pipeline]]
+            name = "retrying"
+            topics = ["{topic}"]
+            batch = 50
+            wait = 0.5
+            [[pipeline.sink]]
+            spec = "{endpoint.url}"
+            retries = {http_retries}
+            backoff = 120
+            backoff_max = 120
+        """))
+        runner = start_runner(runners, ["--config", str(config)], tmp_path)
+        wait_until(lambda: position(broker.url, topic, "retrying") == 100, timeout=30,
+                   message="the first 100 records committed")
+        endpoint.mode = "unavailable"
+        produce_records(broker.url, topic, records[100:])
+        wait_until(lambda: endpoint.refused >= 1, timeout=30, message="a 503")
+        if waiting == "runner retry":
+            wait_until(lambda: "retry 1/1000 in 120.0s" in runner.stderr, timeout=10,
+                       message="the runner's retry")
+        runner.signal(signal.SIGTERM)
+        assert runner.wait(60) == EXIT_INTERRUPTED, runner.stderr
+        assert "HTTP 503" in runner.stderr
+        assert "Nothing of this batch was committed" in runner.stderr
+        assert position(broker.url, topic, "retrying") == 100, "the failing batch is not committed"
+        assert endpoint.records == records[:100]
+
+        endpoint.mode = "ok"
+        done = run_once(["--config", str(config), "--until-empty"], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert endpoint.records == records, "every record, in order, once"
+    assert position(broker.url, topic, "retrying") == 160
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_prefetch_on_or_off_delivers_in_order_once(broker, tmp_path: Path,  # noqa: F811
+                                                   prefetch: bool) -> None:
+    topic = new_topic("pre")
+    produce_records(broker.url, topic, [make_record(i) for i in range(2_500)])
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "runner.toml"
+    config.write_text(textwrap.dedent(f"""
+        url = "{broker.url}"
+        until_empty = true
+        prefetch = {str(prefetch).lower()}
+        [[pipeline]]
+        name = "pre"
+        topics = ["{topic}"]
+        batch = 100
+        wait = 0.3
+        sinks = ["file:{out}"]
+    """))
+    done = run_once(["--config", str(config)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _ids(out) == list(range(2_500))
+    assert position(broker.url, topic, "pre") == 2_500

@@ -169,8 +169,10 @@ def start_runner(runners: list[RunnerProcess], args: list[str], workdir: Path,
 class Endpoint:
     """A real HTTP server in a thread that stores every POSTed JSON batch.
 
-    ``mode``: ``"ok"`` (200), ``"poison"`` (400 for a batch holding a record whose message
-    contains "poison"), ``"fail"`` (500 always).
+    ``mode`` (may be changed while it runs): ``"ok"`` (200), ``"poison"`` (400 for a batch
+    holding a record whose message contains "poison"), ``"fail"`` (500 always),
+    ``"unavailable"`` (503 always), ``"hang"`` (answers 503 only once :attr:`release` is set,
+    so the request stays in flight). ``refused`` counts the answers that were not a 200.
     """
 
     def __init__(self, mode: str = "ok") -> None:
@@ -178,6 +180,8 @@ class Endpoint:
         self.batches: list[list[dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []
         self.requests = 0
+        self.refused = 0
+        self.release = threading.Event()
         self._lock = threading.Lock()
         endpoint = self
 
@@ -187,15 +191,23 @@ class Endpoint:
                 batch = json.loads(body)
                 with endpoint._lock:
                     endpoint.requests += 1
-                    if endpoint.mode == "fail":
+                    mode = endpoint.mode
+                if mode == "hang":
+                    endpoint.release.wait(120)
+                with endpoint._lock:
+                    if mode == "fail":
                         status = 500
-                    elif endpoint.mode == "poison" and any(
+                    elif mode in ("unavailable", "hang"):
+                        status = 503
+                    elif mode == "poison" and any(
                             "poison" in str(r.get("message")) for r in batch):
                         status = 400
                     else:
                         status = 200
                         endpoint.batches.append(batch)
                         endpoint.headers.append(dict(self.headers))
+                    if status != 200:
+                        endpoint.refused += 1
                 self.send_response(status)
                 payload = b'{"ok": true}' if status == 200 else b'{"error": "refused"}'
                 self.send_header("Content-Type", "application/json")
@@ -220,5 +232,6 @@ class Endpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()

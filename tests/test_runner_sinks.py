@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import wait_until
 from test_runner_helpers import (
     Endpoint,
     make_record,
@@ -241,3 +243,90 @@ def test_sinks_run_in_process_too(tmp_path: Path) -> None:
     sink.close()
     assert read_jsonl(tmp_path / "x.jsonl") == [{"message": "m"}, {"message": "raw"}]
     assert sys.executable  # the subprocess tests use the console script next to it
+
+
+def test_sql_sink_copy_and_insert_store_the_same_rows(sqlite_broker, pg_url: str,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    """PostgreSQL: the COPY path (default) and the multi-row INSERT path (copy = false) store
+    identical rows, whatever the text holds (COPY's own escapes: tab, newline, backslash,
+    \\N), and a re-delivered topic adds nothing to either."""
+    topic = new_topic()
+    tricky = ["tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "\\.", "end\\", "",
+              "quote ' \" ", "é ✓ 𝄞"]
+    records = [make_record(i, message=tricky[i % len(tricky)],
+                           logger=tricky[(i + 3) % len(tricky)]) for i in range(300)]
+    records[15]["time"] = "not a time"
+    records[16]["message"] = {"structured": [1, 2.5, None]}
+    produce_records(sqlite_broker.url, topic, records)
+    produce(sqlite_broker.url, topic, ["plain\ttext\\N"])
+    config = tmp_path / "runner.toml"
+    for consumer in ("first", "again"):  # "again": every record delivered a second time
+        config.write_text(textwrap.dedent(f"""
+            url = "{sqlite_broker.url}"
+            until_empty = true
+            [[pipeline]]
+            name = "{consumer}"
+            topics = ["{topic}"]
+            batch = 64
+            wait = 0.2
+            [[pipeline.sink]]
+            spec = "sql:{pg_url}"
+            table = "via_copy"
+            [[pipeline.sink]]
+            spec = "sql:{pg_url}"
+            table = "via_insert"
+            copy = false
+        """))
+        done = run_once(["--config", str(config)], tmp_path)
+        assert done.returncode == 0, done.stderr
+    engine = sa.create_engine(normalize_url(pg_url))
+    try:
+        with engine.connect() as conn:
+            tables = [conn.execute(sa.text(
+                f'SELECT topic, "offset", time, level, logger, message, host, record FROM {t} '
+                'WHERE topic = :t ORDER BY "offset"'), {"t": topic}).all()
+                for t in ("via_copy", "via_insert")]
+    finally:
+        engine.dispose()
+    assert tables[0] == tables[1]
+    rows = tables[0]
+    assert [r.offset for r in rows] == list(range(301))
+    assert [r.record for r in rows] == [*records, {"message": "plain\ttext\\N"}]
+    assert [r.message for r in rows[:10]] == tricky
+    assert rows[15].time is None and rows[16].message == '{"structured": [1, 2.5, null]}'
+
+
+def test_http_sink_backoff_ends_when_the_stop_event_is_set() -> None:
+    """A sink's retry wait (pause) ends at once with Interrupted inside ``interruptible``; on
+    its own it is a plain wait and the sink's own error comes after its retries."""
+    from lq_logging.sinks import Entry, Interrupted, interruptible
+    from lq_logging.sinks.http import HTTPDeliveryError, HTTPSink
+
+    batch = [Entry.decode("t", 0, '{"message": "m"}')]
+    with Endpoint(mode="unavailable") as endpoint:
+        sink = HTTPSink(endpoint.url, retries=5, backoff=120, backoff_max=120)
+        stop = threading.Event()
+        outcome: list[BaseException] = []
+
+        def write() -> None:
+            with interruptible(stop):
+                try:
+                    sink.write(batch)
+                except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                    outcome.append(exc)
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        wait_until(lambda: endpoint.refused >= 1, timeout=30, message="a 503")
+        stop.set()
+        thread.join(60)  # the backoff is 60-120 s: only the stop event ends it in time
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], Interrupted) and "HTTP 503" in str(outcome[0])
+        assert endpoint.requests == 1
+        sink.close()
+    with Endpoint(mode="unavailable") as endpoint:
+        sink = HTTPSink(endpoint.url, retries=2, backoff=0.01)
+        with pytest.raises(HTTPDeliveryError, match="failed 3 times"):
+            sink.write(batch)
+        assert endpoint.requests == 3
+        sink.close()

@@ -15,6 +15,12 @@ keeps failing. A sink that refuses some records *for good* (a 4xx from an HTTP e
 row the database cannot store) raises :class:`Rejected` after writing the others; those
 records go to the dead-letter file with the reason, and the batch is committed.
 
+A sink that retries on its own waits between attempts with :func:`pause`, never
+``time.sleep``: inside the runner, a pause ends at once with :class:`Interrupted` when the
+runner is asked to stop, so SIGTERM never waits for a backoff. The runner then commits
+nothing of the batch in hand (it is delivered again at the next start). Used on its own, a
+sink's pause is a plain sleep, unless the caller wraps the calls in :func:`interruptible`.
+
 A SPEC names a sink on the command line (``--sink``)::
 
     stdout | stdout:json              human text (colours on a TTY) or JSON lines
@@ -32,7 +38,11 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -102,6 +112,42 @@ class Rejected(Exception):  # noqa: N818 - it names what happened to the records
 
     def __str__(self) -> str:
         return f"{len(self.rejects)} record(s) rejected"
+
+
+class Interrupted(Exception):  # noqa: N818 - it names what happened to the wait
+    """A :func:`pause` was cut short: the runner is stopping. The batch in hand is not (or not
+    wholly) written, so the runner commits nothing of it."""
+
+
+# --- waiting between retries -----------------------------------------------------------------
+
+#: The event that ends pauses in this context (one per runner thread); None: plain sleeps.
+_STOP: ContextVar[threading.Event | None] = ContextVar("lq_sink_stop", default=None)
+
+
+@contextmanager
+def interruptible(stop: threading.Event) -> Iterator[None]:
+    """Within this block (on this thread), :func:`pause` raises :class:`Interrupted` as soon
+    as ``stop`` is set. The runner wraps every sink call in it with its stop event."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def pause(seconds: float) -> None:
+    """Wait ``seconds`` between two attempts of a sink.
+
+    Raises:
+        Interrupted: the stop event of the enclosing :func:`interruptible` is set (already,
+            or during the wait).
+    """
+    stop = _STOP.get()
+    if stop is None:
+        time.sleep(max(seconds, 0.0))
+    elif stop.wait(max(seconds, 0.0)):
+        raise Interrupted("stop requested during a retry wait")
 
 
 # --- helpers shared by the sinks ---------------------------------------------------------
@@ -276,5 +322,6 @@ def sink_param(spec: str, options: Mapping[str, Any] | None = None,
         raise click.BadParameter(str(exc), param_hint=param_hint) from exc
 
 
-__all__ = ["Entry", "Rejected", "Sink", "SinkError", "build_sink", "dumps", "format_text",
-           "import_attribute", "parse_bool", "parse_size", "sink_param"]
+__all__ = ["Entry", "Interrupted", "Rejected", "Sink", "SinkError", "build_sink", "dumps",
+           "format_text", "import_attribute", "interruptible", "parse_bool", "parse_size",
+           "pause", "sink_param"]

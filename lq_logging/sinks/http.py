@@ -5,23 +5,24 @@ application/json``, plus headers ``X-LQ-Topic`` and ``X-LQ-Offsets: FIRST-LAST``
 can drop a batch it has already stored (delivery is at least once).
 
 Answers: 2xx is delivered. Connection errors, timeouts, 408, 429 and 5xx are retried with
-exponential backoff; when they keep failing, ``write`` raises and the runner stops the
-pipeline without committing. 401, 403, 404, 405 and 407 mean the sink is misconfigured and
-are raised the same way (never dead-lettered). Any other 4xx rejects records for good: a
-batch is split into single records so only the refused ones are :class:`Rejected`
-(dead-lettered with the status and the start of the answer).
+exponential backoff (a :func:`~lq_logging.sinks.pause`, so a runner asked to stop does
+not wait for it: ``write`` raises :class:`~lq_logging.sinks.Interrupted`); when they keep
+failing, ``write`` raises and the runner stops the pipeline without committing. A request in
+flight is not cut short: it ends within ``timeout``. 401, 403, 404, 405 and 407 mean the
+sink is misconfigured and are raised the same way (never dead-lettered). Any other 4xx
+rejects records for good: a batch is split into single records so only the refused ones are
+:class:`Rejected` (dead-lettered with the status and the start of the answer).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
 from typing import Any
 
 import requests
 
-from lq_logging.sinks import Entry, Rejected
+from lq_logging.sinks import Entry, Interrupted, Rejected, pause
 
 RETRY_STATUSES = frozenset({408, 425, 429})
 CONFIG_STATUSES = frozenset({401, 403, 404, 405, 407})
@@ -87,7 +88,10 @@ class HTTPSink:
         for attempt in range(self.retries + 1):
             if attempt:
                 step = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
-                time.sleep(step / 2 + random.uniform(0, step / 2))
+                try:
+                    pause(step / 2 + random.uniform(0, step / 2))
+                except Interrupted as exc:
+                    raise Interrupted(f"POST {self.url}: {problem}") from exc
             try:
                 resp = self.session.post(self.url, data=body, headers=headers,
                                          timeout=self.timeout)
