@@ -189,15 +189,12 @@ def produce(req: s.Produce) -> s.Produced:
     if len(bodies) > max_batch:
         raise TooLarge(f"a batch holds at most {max_batch} messages, not {len(bodies)}")
     limit = current_app.config["LQ_MAX_MESSAGE_BYTES"]
-    total = 0
-    for body in bodies:
-        try:
-            size = s.storable_size(body)
-        except ValueError as exc:
-            raise BadRequest(f"a message cannot be stored: {exc}") from None
-        if size > limit:
-            raise TooLarge(f"a message is at most {limit} bytes, not {size}")
-        total += size
+    try:
+        total, largest = s.storable_sizes(bodies)
+    except ValueError as exc:
+        raise BadRequest(f"a message cannot be stored: {exc}") from None
+    if largest > limit:
+        raise TooLarge(f"a message is at most {limit} bytes, not {largest}")
     result = _store().append(req.topic, AppendRequest(req.producer_id, bodies, req.seq))
     if not result.duplicate:
         metrics.produced(len(bodies), total)

@@ -31,6 +31,18 @@ def storable_size(text: str) -> int:
     return size
 
 
+def storable_sizes(texts: list[str]) -> tuple[int, int]:
+    """(total, largest) UTF-8 size of a batch, checked as :func:`storable_size` checks one
+    text. Log lines are mostly ASCII: then one pass in C over the joined batch does it."""
+    joined = "".join(texts)
+    if joined.isascii():
+        if "\x00" in joined:
+            raise ValueError("NUL characters are not allowed")
+        return len(joined), max(map(len, texts), default=0)
+    sizes = [storable_size(text) for text in texts]
+    return sum(sizes), max(sizes, default=0)
+
+
 def _storable(text: str) -> str:
     storable_size(text)
     return text
