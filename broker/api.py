@@ -118,8 +118,10 @@ def failure(status: int, code: str, message: str) -> Response:
     return Response(body, status=status, mimetype="application/json")
 
 
-def _messages(found: list[Message]) -> list[s.MessageOut]:
-    return [s.MessageOut(offset=m.offset, message=m.body, ts=iso_time(m.ts_us)) for m in found]
+def _messages(found: list[Message]) -> list[dict[str, Any]]:
+    """Plain dicts: the reply model validates the whole list in one call (in pydantic's
+    core), several times faster than building a model per message in Python."""
+    return [{"offset": m.offset, "message": m.body, "ts": iso_time(m.ts_us)} for m in found]
 
 
 # --- topics ----------------------------------------------------------------------------------

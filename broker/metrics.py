@@ -53,7 +53,8 @@ def produced(count: int, size: int) -> None:
 def consumed(bodies: list[str]) -> None:
     if bodies:
         CONSUMED.inc(len(bodies))
-        CONSUMED_BYTES.inc(sum(len(b.encode("utf-8")) for b in bodies))
+        joined = "".join(bodies)
+        CONSUMED_BYTES.inc(len(joined) if joined.isascii() else len(joined.encode("utf-8")))
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from typing_extensions import TypedDict  # pydantic wants this one before Python 3.12
 
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 MAX_ID = 2**53
@@ -169,10 +170,14 @@ class ClassicMessage(Reply):
     skipped: int | None = _skipped
 
 
-class MessageOut(BaseModel):
+# A TypedDict, not a model: pydantic checks a list of them without building an object per
+# message, which dominated the cost of a 1,000-message consume.
+class MessageOut(TypedDict):
+    """One message of a consume or fetch reply."""
+
     offset: int
     message: str
-    ts: str = Field(description="The broker's append time, ISO-8601 UTC.")
+    ts: Annotated[str, Field(description="The broker's append time, ISO-8601 UTC.")]
 
 
 class MessageBatch(Reply):
