@@ -513,8 +513,8 @@ class LogQueueHandler(logging.Handler):
                     spool.close()
             self._adopted = []
         if self._unreported:
-            diagnostics.warning("%d records were dropped (overflow=%s)", self._unreported,
-                                self.overflow)
+            diagnostics.warning("%d records were dropped (overflow=%s; last error: %s)",
+                                self._unreported, self.overflow, self._last_error)
         for mark in self._marks:
             mark.event.set()
         if self._client is not None:
@@ -863,9 +863,12 @@ class LogQueueHandler(logging.Handler):
     def _report_drops(self) -> None:
         with self._count_lock:
             lost, self._unreported = self._unreported, 0
+        # Drops come from a full queue or spool (overflow) or from records the broker refused
+        # for good: the last error says which.
         record = logging.LogRecord("lq_logging", logging.WARNING, __file__, 0,
-                                   "LogQueueHandler dropped %d records (overflow=%s)",
-                                   (lost, self.overflow), None, "_report_drops")
+                                   "LogQueueHandler dropped %d records (overflow=%s; last "
+                                   "error: %s)", (lost, self.overflow, self._last_error),
+                                   None, "_report_drops")
         record.lq_dropped = lost
         batches = self._encode_batches([self.prepare(record)])
         with self._state_lock:

@@ -203,6 +203,7 @@ def test_a_split_spooled_batch_survives_a_crash_between_its_parts(
     assert texts[:9] == ["m 0", "m 1", "m 2", "m 3", "m 4", "m 6", "m 7", "m 8", "m 9"]
     report, later = (json.loads(t) for t in texts[9:])
     assert report["logger"] == "lq_logging" and report["extra"] == {"lq_dropped": 1}
+    assert "dropped 1 records" in report["message"] and "NUL" in report["message"], report
     assert later["message"] == "later"
     assert len(texts) == 11
     stats = handler.stats()
