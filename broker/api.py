@@ -179,12 +179,8 @@ def unregister_producer(req: s.ProducerRef) -> s.Done:
     return s.Done(message="Producer unregistered")
 
 
-@endpoint("POST", "/producer/produce", s.Produce, s.Produced)
-def produce(req: s.Produce) -> s.Produced:
-    """Append `message`, or the batch `messages` atomically; `seq` makes a retry safe."""
-    if (req.message is None) == (req.messages is None):
-        raise BadRequest("give either 'message' (or 'log_message') or 'messages'")
-    bodies = [req.message] if req.messages is None else req.messages
+def _check_batch(bodies: list[str]) -> int:
+    """The batch's total UTF-8 size, once it is within the limits and storable."""
     if not bodies:
         raise BadRequest("'messages' is empty")
     max_batch = current_app.config["LQ_MAX_BATCH"]
@@ -197,9 +193,30 @@ def produce(req: s.Produce) -> s.Produced:
         raise BadRequest(f"a message cannot be stored: {exc}") from None
     if largest > limit:
         raise TooLarge(f"a message is at most {limit} bytes, not {largest}")
-    result = _store().append(req.topic, AppendRequest(req.producer_id, bodies, req.seq))
-    if not result.duplicate:
-        metrics.produced(len(bodies), total)
+    return total
+
+
+@endpoint("POST", "/producer/produce", s.Produce, s.Produced)
+def produce(req: s.Produce) -> s.Produced:
+    """Append `message`, or the batch `messages` atomically; `seq` makes a retry safe."""
+    if (req.message is None) == (req.messages is None):
+        raise BadRequest("give either 'message' (or 'log_message') or 'messages'")
+    bodies = [req.message] if req.messages is None else req.messages
+    try:
+        total = _check_batch(bodies)
+    except (BadRequest, TooLarge):
+        # A retry of an applied seq gets that append's answer even if the broker would
+        # refuse its content now (restarted with a smaller limit): else it would be stored
+        # again, split, under new seqs.
+        if req.seq is None:
+            raise
+        result = _store().replayed(req.topic, req.producer_id, req.seq)
+        if result is None:
+            raise
+    else:
+        result = _store().append(req.topic, AppendRequest(req.producer_id, bodies, req.seq))
+        if not result.duplicate:
+            metrics.produced(len(bodies), total)
     if result.first is None:
         return s.Produced(duplicate=True)
     return s.Produced(offsets=[result.first, result.last], duplicate=result.duplicate or None)

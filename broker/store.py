@@ -199,6 +199,17 @@ class AppendResult:
     error: BrokerError | None = None  # this request failed; the rest of its group did not
 
 
+def _replay(seq: int, last: tuple[int | None, int | None, int | None]) -> AppendResult | None:
+    """The idempotence rule: a seq equal to the producer's last applied one gets that
+    append's offsets again, a lower one a bare duplicate; a higher one appends."""
+    last_seq, last_first, last_last = last
+    if last_seq is None or seq > last_seq:
+        return None
+    if seq == last_seq:
+        return AppendResult(last_first, last_last, duplicate=True)
+    return AppendResult(None, None, duplicate=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     messages: list[Message]
@@ -710,13 +721,9 @@ class Store:
                         f"producer id {request.producer_id} is unknown")))
                     continue
                 if request.seq is not None:
-                    last_seq, last_first, last_last = last.get(request.producer_id,
-                                                               (None, None, None))
-                    if last_seq is not None and request.seq == last_seq:
-                        results.append(AppendResult(last_first, last_last, duplicate=True))
-                        continue
-                    if last_seq is not None and request.seq < last_seq:
-                        results.append(AppendResult(None, None, duplicate=True))
+                    earlier = _replay(request.seq, last[request.producer_id])
+                    if earlier is not None:
+                        results.append(earlier)
                         continue
                 first = offset
                 offset += len(request.bodies)
@@ -741,6 +748,17 @@ class Store:
             except Exception as exc:  # noqa: BLE001 - waiters re-check within a second
                 log.warning("wake-up after append failed: %s", exc)
         return results
+
+    @_retry_stale_topic
+    def replayed(self, topic: str, producer_id: int, seq: int) -> AppendResult | None:
+        """The answer an append with ``seq`` got already, or ``None`` when ``seq`` is new.
+        For a retry the broker would now refuse (a smaller limit since): the contract says
+        an applied seq answers with its offsets, whatever the request holds."""
+        topic_id = self.topic_id(topic)
+        with self._transaction() as conn:
+            row = conn.execute(SELECT_PRODUCER_SEQS,
+                               {"topic": topic_id, "ids": [producer_id]}).first()
+        return None if row is None else _replay(seq, tuple(row[1:]))
 
     def _insert_messages(self, conn: Connection, topic_id: int, stamp: int,
                          rows: list[tuple[int, str]]) -> None:

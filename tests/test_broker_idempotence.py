@@ -65,6 +65,26 @@ def test_equal_seq_with_other_text_still_appends_nothing(api: Api) -> None:
     assert stored(api, topic) == ["original"]
 
 
+def test_applied_seq_answers_even_when_its_content_would_now_be_refused(api: Api) -> None:
+    """A retry after the broker came back with a smaller limit must not be refused (the
+    client would split it and store it again under new seqs): an applied seq answers."""
+    topic = unique_topic("idem")
+    pid = api.producer(topic)
+    assert_appended(api.produce(topic, pid, messages=["a", "b"], seq=5), [0, 1])
+    oversized = "x" * (1024 * 1024 + 1)
+    fields = {"topic": topic, "producer_id": pid, "seq": 5, "messages": ["a", oversized]}
+    retry = api.ok("POST", "/producer/produce", fields)
+    assert retry["offsets"] == [0, 1] and retry["duplicate"] is True, retry
+    lower = api.ok("POST", "/producer/produce", {**fields, "seq": 4})
+    assert lower == {"status": "success", "duplicate": True}, lower
+    refused = {**fields, "seq": 6}
+    api.fail("POST", "/producer/produce", refused, 413, "too_large")
+    api.fail("POST", "/producer/produce", {**refused, "messages": ["nul \x00"]}, 400,
+             "bad_request")
+    api.fail("POST", "/producer/produce", {**refused, "seq": None}, 413, "too_large")
+    assert stored(api, topic) == ["a", "b"]
+
+
 def test_batch_seq(api: Api) -> None:
     topic = unique_topic("idem")
     pid = api.producer(topic)
