@@ -51,6 +51,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def interruptible(argv: list[str]) -> list[str]:
+    """``argv`` run with SIGINT at its default, so the test can press Ctrl-C on it. A
+    process started in the background by a shell without job control (as a CI runner may
+    start the suite) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt. A tiny exec wrapper rather than ``preexec_fn``, which is unsafe in
+    a process with threads."""
+    reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", reset, *argv]
+
+
 class BrokerProcess:
     """``lq broker`` as a subprocess on a free port; ready once /healthz answers.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from support import LQ, BrokerProcess, clean_env, free_port
+from support import LQ, BrokerProcess, clean_env, free_port, interruptible
 
 from sdk import Client
 
@@ -134,7 +134,8 @@ def test_produce_stdin_then_tail(broker: BrokerProcess) -> None:
 def tail_follow(broker: BrokerProcess, topic: str, *args: str
                 ) -> Iterator[tuple[subprocess.Popen, LineReader]]:
     """`lq tail TOPIC -f ARGS` running; killed afterwards if the test did not stop it."""
-    proc = subprocess.Popen([LQ, "tail", topic, "-f", *args], env=clean_env(LQ_URL=broker.url),
+    proc = subprocess.Popen(interruptible([LQ, "tail", topic, "-f", *args]),
+                            env=clean_env(LQ_URL=broker.url),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -199,7 +200,7 @@ def test_stats_shows_the_lag_of_a_consumer_that_read_half(broker: BrokerProcess)
 def test_stats_watch_refreshes_until_interrupted(broker: BrokerProcess) -> None:
     topic = new_topic()
     ok("topics", "create", topic, url=broker.url)
-    proc = subprocess.Popen([LQ, "stats", "--watch", "--interval", "0.1"],
+    proc = subprocess.Popen(interruptible([LQ, "stats", "--watch", "--interval", "0.1"]),
                             env=clean_env(LQ_URL=broker.url), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
