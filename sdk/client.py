@@ -34,18 +34,16 @@ parent may have held one at the fork).
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from sdk.exceptions import LogQueueError, TopicExists
-from sdk.transport import DEFAULT_URL, Transport
+from sdk.transport import DEFAULT_URL, Transport, reset_after_fork
 
 Start = Literal["earliest", "latest"]
 
@@ -296,18 +294,6 @@ class _TopicLocks:
         return lock
 
 
-#: Every producer and consumer, for the fork hook below.
-_LIVE: weakref.WeakSet[Producer | Consumer] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for obj in list(_LIVE):
-        obj._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class Producer:
     """Sends messages to topics; registers itself with each topic on first use.
 
@@ -343,7 +329,7 @@ class Producer:
         self._ids: dict[str, int] = {}
         self._seqs: dict[tuple[int, str], int] = {}
         self._locks = _TopicLocks()
-        _LIVE.add(self)
+        reset_after_fork(self)
         for topic in topics:
             self.register(topic)
 
@@ -494,7 +480,7 @@ class Consumer:
         self.start: Start = start
         self._ids: dict[str, int] = {}
         self._locks = _TopicLocks()
-        _LIVE.add(self)
+        reset_after_fork(self)
         for topic in topics:
             self.register(topic)
 

@@ -79,13 +79,19 @@ def parse_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
-#: Every open transport, for the fork hook below.
-_LIVE: weakref.WeakSet[Transport] = weakref.WeakSet()
+#: SDK objects with per-process state (transports, producers, consumers): each one's
+#: ``_after_fork()`` runs in a forked child. One hook for the whole SDK.
+_FORK_AWARE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def reset_after_fork(obj: Any) -> None:
+    """Have ``obj._after_fork()`` called in every forked child while ``obj`` lives."""
+    _FORK_AWARE.add(obj)
 
 
 def _after_fork_in_child() -> None:
-    for transport in list(_LIVE):
-        transport._after_fork()
+    for obj in list(_FORK_AWARE):
+        obj._after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -131,7 +137,7 @@ class Transport:
         self._lock = threading.Lock()
         self._closed = False
         self._session: requests.Session | None = self._new_session()
-        _LIVE.add(self)
+        reset_after_fork(self)
 
     # -- public -------------------------------------------------------------------------
 
@@ -213,7 +219,7 @@ class Transport:
     def close(self) -> None:
         """Close the pooled connections. Idempotent."""
         self._closed = True
-        _LIVE.discard(self)
+        _FORK_AWARE.discard(self)
         if self._session is not None:
             self._session.close()
 
