@@ -43,7 +43,7 @@ class BrokerServer(BaseApplication):
         for key, value in self.options.items():
             self.cfg.set(key, value)
 
-    def load(self):  # noqa: ANN201 - a WSGI app
+    def load(self):
         from .app import create_app
 
         return create_app(self.app_config)
@@ -68,12 +68,12 @@ class _StatusLine:
 class JsonErrorWorker(ThreadWorker):
     """The `gthread` worker, but its own error answers are the JSON failure body, not HTML."""
 
-    def handle_error(self, req, client, addr, exc) -> None:  # noqa: ANN001 - gunicorn's types
+    def handle_error(self, req, client, addr, exc) -> None:
         """Let gunicorn log the error and pick the status, then answer JSON. Never raises."""
         seen = _StatusLine()
         try:
             super().handle_error(req, seen, addr, exc)
-        except Exception:  # noqa: BLE001 - the answer below must still go out
+        except Exception:
             self.log.exception("Error logging a bad request")
         try:
             util.write_nonblock(client, _json_error(seen.status, seen.reason, exc))
@@ -98,7 +98,7 @@ def _json_error(status: int, reason: str, exc: BaseException) -> bytes:
     return head.encode("latin-1") + payload
 
 
-def _end_long_polls_on_stop(worker) -> None:  # noqa: ANN001 - a gunicorn worker
+def _end_long_polls_on_stop(worker) -> None:
     """On SIGTERM, long-polls answer at once (empty) instead of holding the stop for 30 s."""
     from .store import get_store
 

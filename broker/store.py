@@ -263,7 +263,7 @@ def configure_engine(engine: Engine) -> None:
         return
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -380,7 +380,7 @@ class PgWakeupBridge:
                     self._listener = self._start(self._listen_loop, "lq-listen")
 
     @staticmethod
-    def _start(target, name: str) -> threading.Thread:  # noqa: ANN001
+    def _start(target, name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         return thread

@@ -386,11 +386,7 @@ class LogQueueHandler(logging.Handler):
         queue = self._queue
         size = len(queue)
         if size < self._soft_limit or (size < self.queue_size
-                                       and record.levelno >= logging.WARNING):
-            queue.append(record)
-            if self._sleeping:
-                self._wake.set()
-        elif self.overflow == "block" and self._wait_for_room():
+                                       and record.levelno >= logging.WARNING) or self.overflow == "block" and self._wait_for_room():
             queue.append(record)
             if self._sleeping:
                 self._wake.set()
@@ -752,9 +748,7 @@ class LogQueueHandler(logging.Handler):
             if batch.producer_id == producer.producer_ids.get(batch.topic):
                 self._producer = self._client.producer() if self._client else None
             with self._state_lock:
-                if spool is None and not self._abandoned:
-                    batch.producer_id, batch.seq = None, None
-                elif spool is not None and isinstance(batch, SpoolBatch):
+                if spool is None and not self._abandoned or spool is not None and isinstance(batch, SpoolBatch):
                     batch.producer_id, batch.seq = None, None
             return False
         except (TooLarge, BadRequest, UnicodeError) as exc:

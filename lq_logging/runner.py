@@ -379,7 +379,7 @@ class Pipeline:
                                 f"{len(rejected.rejects)} record(s); written to "
                                 f"{self.runner.dead_letters.path}")
                 return
-            except Exception as exc:  # noqa: BLE001 - any sink failure is retried, then fatal
+            except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"
                 if attempt == retries:
                     raise PipelineFailed(

@@ -41,7 +41,7 @@ class MyQueue:
     def __init__(self, url: str, *, token: str | None = None, **options: Any) -> None:
         self.client = _client.Client(url, token=token, **options)
 
-    def createTopic(self, topicName: str) -> None:  # noqa: N802, N803 - the classic names
+    def createTopic(self, topicName: str) -> None:
         """Create a topic. Raises ``TopicExists`` if it exists, ``BadRequest`` if the name is
         invalid."""
         self.client.create_topic(topicName)
@@ -50,11 +50,11 @@ class MyQueue:
         """Every topic's name."""
         return self.client.topics()
 
-    def createProducer(self, topicNames: Iterable[str]) -> Producer:  # noqa: N802, N803
+    def createProducer(self, topicNames: Iterable[str]) -> Producer:
         """A producer registered with each of ``topicNames`` (topics are created if missing)."""
         return Producer(self.client, topicNames)
 
-    def createConsumer(self, topicNames: Iterable[str]) -> Consumer:  # noqa: N802, N803
+    def createConsumer(self, topicNames: Iterable[str]) -> Consumer:
         """A consumer registered with each of ``topicNames``. Raises ``UnknownTopic`` for a
         topic that does not exist."""
         return Consumer(self.client, topicNames)
@@ -73,14 +73,14 @@ class MyQueue:
 class Producer:
     """A classic producer; create it with :meth:`MyQueue.createProducer`."""
 
-    def __init__(self, client: _client.Client, topicNames: Iterable[str] = ()) -> None:  # noqa: N803
+    def __init__(self, client: _client.Client, topicNames: Iterable[str] = ()) -> None:
         self._producer = _client.Producer(client, topics=topicNames)
 
-    def registerTopic(self, topicName: str) -> None:  # noqa: N802, N803
+    def registerTopic(self, topicName: str) -> None:
         """Register with another topic (created if missing)."""
         self._producer.register(topicName)
 
-    def enqueue(self, msg: str, topicName: str) -> None:  # noqa: N803
+    def enqueue(self, msg: str, topicName: str) -> None:
         """Append ``msg`` to ``topicName``.
 
         Raises:
@@ -94,14 +94,14 @@ class Producer:
 class Consumer:
     """A classic consumer; create it with :meth:`MyQueue.createConsumer`."""
 
-    def __init__(self, client: _client.Client, topicNames: Iterable[str] = ()) -> None:  # noqa: N803
+    def __init__(self, client: _client.Client, topicNames: Iterable[str] = ()) -> None:
         self._consumer = _client.Consumer(client, topics=topicNames)
 
-    def registerTopic(self, topicName: str) -> None:  # noqa: N802, N803
+    def registerTopic(self, topicName: str) -> None:
         """Register with another topic. Raises ``UnknownTopic`` if it does not exist."""
         self._consumer.register(topicName)
 
-    def dequeue(self, topicName: str) -> str:  # noqa: N803
+    def dequeue(self, topicName: str) -> str:
         """Take the next message of ``topicName``.
 
         Raises:
@@ -111,7 +111,7 @@ class Consumer:
         self._check(topicName)
         return self._consumer.receive_one(topicName).value
 
-    def getSize(self, topicName: str) -> int:  # noqa: N802, N803
+    def getSize(self, topicName: str) -> int:
         """How many messages of ``topicName`` this consumer has not read yet."""
         self._check(topicName)
         return self._consumer.size(topicName)

@@ -22,7 +22,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_metrics_count_the_traffic_across_two_workers(db_url: str, start_broker) -> None:  # noqa: ANN001
+def test_metrics_count_the_traffic_across_two_workers(db_url: str, start_broker) -> None:
     broker = start_broker(db_url, args=["--workers", "2", "--threads", "8"])
     url = broker.url
     session = requests  # a new connection per request, so both workers serve some

@@ -55,7 +55,7 @@ def produce_all(urls: list[str], prefix: str) -> dict[str, list[str]]:
     return expected
 
 
-def run_threads(target, count: int) -> None:  # noqa: ANN001
+def run_threads(target, count: int) -> None:
     errors: list[BaseException] = []
 
     def guarded(n: int) -> None:
@@ -120,18 +120,18 @@ def run_traffic(urls: list[str], prefix: str) -> None:
             assert received[n][topic] == received[0][topic], "all consumers see one order"
 
 
-def test_two_gunicorn_workers(pg_url: str, start_broker) -> None:  # noqa: ANN001
+def test_two_gunicorn_workers(pg_url: str, start_broker) -> None:
     broker = start_broker(pg_url, args=["--workers", "2", "--threads", "16"])
     run_traffic([broker.url], "w2-")
 
 
-def test_clients_alternate_between_two_brokers(pg_url: str, start_broker) -> None:  # noqa: ANN001
+def test_clients_alternate_between_two_brokers(pg_url: str, start_broker) -> None:
     a = start_broker(pg_url, args=["--workers", "1"])
     b = start_broker(pg_url, args=["--workers", "1"])
     run_traffic([a.url, b.url], "ab-")
 
 
-def test_one_consumer_id_through_two_brokers_never_duplicates(pg_url: str, start_broker) -> None:  # noqa: ANN001
+def test_one_consumer_id_through_two_brokers_never_duplicates(pg_url: str, start_broker) -> None:
     a = start_broker(pg_url, args=["--workers", "1"])
     b = start_broker(pg_url, args=["--workers", "1"])
     client = Client([a.url])
@@ -160,7 +160,7 @@ def test_one_consumer_id_through_two_brokers_never_duplicates(pg_url: str, start
         assert [o for o, _ in taken[n]] == sorted(o for o, _ in taken[n])
 
 
-def test_long_poll_on_a_wakes_for_produce_on_b(pg_url: str, start_broker) -> None:  # noqa: ANN001
+def test_long_poll_on_a_wakes_for_produce_on_b(pg_url: str, start_broker) -> None:
     a = start_broker(pg_url, args=["--workers", "1"])
     b = start_broker(pg_url, args=["--workers", "1"])
     topic = "cross-wake"
@@ -178,7 +178,7 @@ def test_long_poll_on_a_wakes_for_produce_on_b(pg_url: str, start_broker) -> Non
 
 
 @pytest.mark.timeout(180)
-def test_kill_one_of_two_brokers_under_load(pg_url: str, start_broker) -> None:  # noqa: ANN001
+def test_kill_one_of_two_brokers_under_load(pg_url: str, start_broker) -> None:
     """Producers (with seq, retrying on the survivor) and consumers run through both brokers."""
     a = start_broker(pg_url, args=["--workers", "1"])
     b = start_broker(pg_url, args=["--workers", "1"])

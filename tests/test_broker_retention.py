@@ -10,7 +10,7 @@ from support import BrokerProcess, wait_until
 
 
 @pytest.fixture(scope="module")
-def pruning_broker(db_url: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def pruning_broker(db_url: str, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("retention") / "broker.log"
     with BrokerProcess(db_url, args=["--prune-interval", "0.05"], log_path=log) as proc:
         yield proc
@@ -128,7 +128,7 @@ def test_unregister_producer_and_consumer(broker: BrokerProcess) -> None:
     assert describe(url, topic)["consumers"] == []
 
 
-def test_produce_goes_on_while_another_broker_prunes(pg_url: str, start_broker) -> None:  # noqa: ANN001
+def test_produce_goes_on_while_another_broker_prunes(pg_url: str, start_broker) -> None:
     """Broker B prunes (retention 200 messages) while producers write through broker A."""
     a = start_broker(pg_url, args=["--workers", "1", "--prune-interval", "0"])
     b = start_broker(pg_url, args=["--workers", "1", "--prune-interval", "0.02"])
@@ -162,7 +162,7 @@ def test_produce_goes_on_while_another_broker_prunes(pg_url: str, start_broker) 
     assert "skipped" not in got, "a new consumer starts at the first retained message"
 
 
-def test_consumer_ttl_expires_only_idle_unnamed_consumers(db_url: str, start_broker) -> None:  # noqa: ANN001
+def test_consumer_ttl_expires_only_idle_unnamed_consumers(db_url: str, start_broker) -> None:
     broker = start_broker(db_url, args=["--consumer-ttl", "1s", "--prune-interval", "0.05"])
     url, topic = broker.url, "ttl"
     call(url, "POST", "/topics", topic_name=topic)
@@ -182,7 +182,7 @@ def test_consumer_ttl_expires_only_idle_unnamed_consumers(db_url: str, start_bro
     assert call(url, "GET", "/size", topic=topic, consumer_id=named)["size"] == 0
 
 
-def test_another_broker_sees_a_deleted_and_recreated_topic(pg_url: str, start_broker) -> None:  # noqa: ANN001
+def test_another_broker_sees_a_deleted_and_recreated_topic(pg_url: str, start_broker) -> None:
     """Broker B has the topic and its registrations cached when broker A deletes it."""
     a = start_broker(pg_url, args=["--workers", "1"])
     b = start_broker(pg_url, args=["--workers", "1"])

@@ -199,7 +199,7 @@ def test_sigterm_during_a_sink_retry_stops_at_once_without_committing(
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
-def test_prefetch_on_or_off_delivers_in_order_once(broker, tmp_path: Path,  # noqa: F811
+def test_prefetch_on_or_off_delivers_in_order_once(broker, tmp_path: Path,
                                                    prefetch: bool) -> None:
     topic = new_topic("pre")
     produce_records(broker.url, topic, [make_record(i) for i in range(2_500)])

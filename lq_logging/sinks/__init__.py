@@ -101,7 +101,7 @@ class SinkError(Exception):
 
 
 @dataclass
-class Rejected(Exception):  # noqa: N818 - it names what happened to the records
+class Rejected(Exception):
     """Raised by ``write`` for records refused for good; the others were written.
 
     Attributes:
@@ -114,7 +114,7 @@ class Rejected(Exception):  # noqa: N818 - it names what happened to the records
         return f"{len(self.rejects)} record(s) rejected"
 
 
-class Interrupted(Exception):  # noqa: N818 - it names what happened to the wait
+class Interrupted(Exception):
     """A :func:`pause` was cut short: the runner is stopping. The batch in hand is not (or not
     wholly) written, so the runner commits nothing of it."""
 
@@ -273,7 +273,7 @@ def build_sink(spec: str, options: Mapping[str, Any] | None = None) -> Sink:
         raise
     except TypeError as exc:  # unknown or missing keyword options
         raise SinkError(f"{spec}: bad options: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any failure to open is a configuration error
+    except Exception as exc:
         raise SinkError(f"{spec}: {type(exc).__name__}: {exc}") from exc
     raise SinkError(f"unknown sink {spec!r}; expected stdout, stdout:json, file:PATH, "
                     "sql:DATABASE_URL, http(s)://URL, logging or package.module:Class")
