@@ -21,11 +21,21 @@ UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w
 
 
 def parse_duration_ms(text: str) -> int:
-    """'7d', '12h', '30m', '45s', '500ms' or a plain number of milliseconds."""
-    match = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d|w)?\s*", text)
+    """'7d', '12h', '30m', '45s', '500ms', or 0/'none' (no limit).
+
+    Kept in step with ``sdk.contract.parse_duration_ms`` (the broker may not import the SDK)
+    by the shared cases in ``tests/contract_cases.py``: a bare number other than 0 is refused.
+    """
+    cleaned = str(text).strip().lower()
+    if cleaned in ("none", "forever", "off"):
+        return 0
+    match = re.fullmatch(r"(\d+)\s*(ms|s|m|h|d|w)?", cleaned)
     if not match:
-        raise ValueError(f"not a duration: {text!r} (try 7d, 12h, 30m, 45s or 500ms)")
-    return int(match.group(1)) * UNITS_MS[match.group(2) or "ms"]
+        raise ValueError(f"not a duration: {text!r} (try 7d, 12h, 30m, 45s, 500ms or none)")
+    number, unit = match.groups()
+    if unit is None and int(number) != 0:
+        raise ValueError(f"give a unit: {number}s, {number}m, {number}h or {number}d?")
+    return int(number) * UNITS_MS[unit or "ms"]
 
 
 def init_app(app: Flask) -> None:
