@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from runner_helpers import RunnerProcess
 from support import BrokerProcess, create_pg_database, drop_pg_database, postgres_available
 
 # The tests choose their own configuration; a developer's environment must not leak in.
@@ -66,3 +67,30 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def sqlite_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One SQLite broker per module, for the runner tests: what they need from a broker is its
+    contract, which both backends honour (the broker's own tests cover both)."""
+    base = tmp_path_factory.mktemp("runner-broker")
+    with BrokerProcess(f"sqlite:///{base / 'lq.db'}", log_path=base / "broker.log") as proc:
+        yield proc
+
+
+@pytest.fixture
+def runners() -> Iterator[list[RunnerProcess]]:
+    """Collects the `lq consume` processes a test starts (``start_runner``); any still running
+    is stopped after the test."""
+    started: list[RunnerProcess] = []
+    yield started
+    for runner in started:
+        runner.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sink_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database for the SQL sink: a SQLite file, then this module's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'records.db'}"
+    return request.getfixturevalue("pg_url")

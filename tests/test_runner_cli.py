@@ -7,8 +7,7 @@ import signal
 import textwrap
 from pathlib import Path
 
-from support import wait_until
-from test_runner_helpers import (
+from runner_helpers import (
     count_lines,
     make_record,
     new_topic,
@@ -16,10 +15,9 @@ from test_runner_helpers import (
     produce_records,
     read_jsonl,
     run_once,
-    runners,  # noqa: F401 - fixture
-    sqlite_broker,  # noqa: F401 - fixture
     start_runner,
 )
+from support import wait_until
 
 
 def test_help_has_examples(tmp_path: Path) -> None:
@@ -41,7 +39,7 @@ def test_bad_sink_specs_name_the_option(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--sink" in done.stderr
 
 
-def test_dry_run_validates_without_consuming(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_dry_run_validates_without_consuming(sqlite_broker, tmp_path: Path) -> None:
     topic = new_topic("dry")
     produce_records(sqlite_broker.url, topic, [make_record(i) for i in range(5)])
     config = tmp_path / "runner.toml"
@@ -68,7 +66,7 @@ def test_dry_run_validates_without_consuming(sqlite_broker, tmp_path: Path) -> N
     assert done.returncode == 2 and "min_levle" in done.stderr
 
 
-def test_two_pipelines_with_filters(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_two_pipelines_with_filters(sqlite_broker, tmp_path: Path) -> None:
     app, worker = new_topic("app"), new_topic("worker")
     records = [make_record(i) for i in range(200)]
     produce_records(sqlite_broker.url, app, records[:100])
@@ -105,7 +103,7 @@ def test_two_pipelines_with_filters(sqlite_broker, tmp_path: Path) -> None:  # n
     assert position(sqlite_broker.url, app, "db") == 100
 
 
-def test_missing_topic_is_created_and_env_gives_the_url(sqlite_broker, runners,  # noqa: F811
+def test_missing_topic_is_created_and_env_gives_the_url(sqlite_broker, runners,
                                                         tmp_path: Path) -> None:
     topic = new_topic("later")
     out = tmp_path / "later.jsonl"
@@ -122,7 +120,7 @@ def test_missing_topic_is_created_and_env_gives_the_url(sqlite_broker, runners, 
     assert "done: 25 records" in runner.stderr
 
 
-def test_a_deleted_topic_stops_the_pipeline_with_a_clear_error(sqlite_broker, runners,  # noqa: F811
+def test_a_deleted_topic_stops_the_pipeline_with_a_clear_error(sqlite_broker, runners,
                                                                 tmp_path: Path) -> None:
     import requests
 

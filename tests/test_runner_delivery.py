@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from support import wait_until
-from test_runner_helpers import (
+from runner_helpers import (
     Endpoint,
     count_lines,
     make_record,
@@ -21,9 +20,9 @@ from test_runner_helpers import (
     produce_records,
     read_jsonl,
     run_once,
-    runners,  # noqa: F401 - fixture
     start_runner,
 )
+from support import wait_until
 
 from lq_logging.runner import EXIT_INTERRUPTED
 from lq_logging.sinks.sql import normalize_url
@@ -36,7 +35,7 @@ def _ids(path: Path) -> list[int]:
     return [r["extra"]["order_id"] for r in read_jsonl(path)]
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing(broker, pg_url: str, runners,  # noqa: F811
+def test_kill_9_mid_stream_then_restart_loses_nothing(broker, pg_url: str, runners,
                                                       tmp_path: Path) -> None:
     topic = new_topic("kill")
     produce_records(broker.url, topic, [make_record(i) for i in range(N)])
@@ -69,7 +68,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(broker, pg_url: str, runne
 
 
 def test_sigterm_commits_what_it_wrote_and_restart_writes_nothing_twice(
-        broker, runners, tmp_path: Path) -> None:  # noqa: F811
+        broker, runners, tmp_path: Path) -> None:
     topic = new_topic("term")
     produce_records(broker.url, topic, [make_record(i) for i in range(N)])
     out = tmp_path / "out.jsonl"
@@ -88,7 +87,7 @@ def test_sigterm_commits_what_it_wrote_and_restart_writes_nothing_twice(
     assert _ids(out) == list(range(N)), "in order, each record once"
 
 
-def test_sigterm_while_idle_exits_at_once(broker, runners, tmp_path: Path) -> None:  # noqa: F811
+def test_sigterm_while_idle_exits_at_once(broker, runners, tmp_path: Path) -> None:
     topic = new_topic("idle")
     runner = start_runner(runners, ["--url", broker.url, "--topic", topic, "--name", "idle",
                                     "--wait", "30", "--sink", f"file:{tmp_path / 'o'}"],
@@ -97,7 +96,7 @@ def test_sigterm_while_idle_exits_at_once(broker, runners, tmp_path: Path) -> No
     assert runner.wait(5) == 0, runner.stderr
 
 
-def test_failing_sink_stops_the_pipeline_without_committing(broker, runners,  # noqa: F811
+def test_failing_sink_stops_the_pipeline_without_committing(broker, runners,
                                                             tmp_path: Path) -> None:
     topic = new_topic("fail")
     produce_records(broker.url, topic, [make_record(i) for i in range(30)])
@@ -123,7 +122,7 @@ def test_failing_sink_stops_the_pipeline_without_committing(broker, runners,  # 
     assert position(broker.url, topic, "failing") == 0
 
 
-def test_second_signal_exits_at_once(broker, runners, tmp_path: Path) -> None:  # noqa: F811
+def test_second_signal_exits_at_once(broker, runners, tmp_path: Path) -> None:
     topic = new_topic("twice")
     produce_records(broker.url, topic, [make_record(0)])
     with Endpoint(mode="hang") as endpoint:  # the POST stays in flight: the batch is busy
@@ -149,7 +148,7 @@ def test_second_signal_exits_at_once(broker, runners, tmp_path: Path) -> None:  
 
 @pytest.mark.parametrize("waiting", ["sink backoff", "runner retry"])
 def test_sigterm_during_a_sink_retry_stops_at_once_without_committing(
-        broker, runners, tmp_path: Path, waiting: str) -> None:  # noqa: F811
+        broker, runners, tmp_path: Path, waiting: str) -> None:
     """The endpoint answers 503 forever; the runner waits two minutes between retries (in the
     HTTP sink's own backoff, or in the runner's sink retry). SIGTERM ends that wait: the
     runner exits 75 long before the two minutes, the failing batch is not committed, and a

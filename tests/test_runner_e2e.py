@@ -9,13 +9,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from support import clean_env
-from test_runner_helpers import (
+from runner_helpers import (
     new_topic,
     read_jsonl,
     run_once,
-    sqlite_broker,  # noqa: F401 - fixture
 )
+from support import clean_env
 
 from sdk import Client
 
@@ -42,7 +41,7 @@ logging.shutdown()
 '''
 
 
-def test_app_logs_reach_the_file_sink(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_app_logs_reach_the_file_sink(sqlite_broker, tmp_path: Path) -> None:
     topic, n = new_topic("e2e"), 2_000
     app = tmp_path / "app.py"
     app.write_text(APP)
@@ -61,7 +60,7 @@ def test_app_logs_reach_the_file_sink(sqlite_broker, tmp_path: Path) -> None:  #
     assert failed["level"] == "ERROR" and "ZeroDivisionError" in failed["exception"]
 
 
-def test_logging_sink_never_routes_into_a_logqueue_handler(sqlite_broker,  # noqa: F811
+def test_logging_sink_never_routes_into_a_logqueue_handler(sqlite_broker,
                                                           tmp_path: Path) -> None:
     source, loop = new_topic("src"), new_topic("loop")
     with Client(sqlite_broker.url) as client:

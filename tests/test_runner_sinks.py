@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from support import wait_until
-from test_runner_helpers import (
+from runner_helpers import (
     Endpoint,
     make_record,
     new_topic,
@@ -21,8 +20,8 @@ from test_runner_helpers import (
     produce_records,
     read_jsonl,
     run_once,
-    sqlite_broker,  # noqa: F401 - fixture
 )
+from support import wait_until
 
 from lq_logging.sinks.sql import normalize_url
 
@@ -47,7 +46,7 @@ def _drain(url: str, topic: str, sinks: list[str], tmp_path: Path, *extra: str) 
     return done.stdout
 
 
-def test_file_sink_gets_every_record_intact(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_file_sink_gets_every_record_intact(sqlite_broker, tmp_path: Path) -> None:
     topic = new_topic()
     expected = _produce_mix(sqlite_broker.url, topic)
     out = tmp_path / "logs" / "app.jsonl"
@@ -56,7 +55,7 @@ def test_file_sink_gets_every_record_intact(sqlite_broker, tmp_path: Path) -> No
     assert position(sqlite_broker.url, topic, "sinks-test") == len(expected)
 
 
-def test_file_sink_text_format_and_rotation(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_file_sink_text_format_and_rotation(sqlite_broker, tmp_path: Path) -> None:
     topic = new_topic()
     expected = _produce_mix(sqlite_broker.url, topic, n=300)
     out = tmp_path / "rot.log"
@@ -80,7 +79,7 @@ def test_file_sink_text_format_and_rotation(sqlite_broker, tmp_path: Path) -> No
     assert text.rstrip().endswith(RAW)
 
 
-def test_stdout_sink_json_and_text(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_stdout_sink_json_and_text(sqlite_broker, tmp_path: Path) -> None:
     topic = new_topic()
     expected = _produce_mix(sqlite_broker.url, topic, n=50)
     out = _drain(sqlite_broker.url, topic, ["stdout:json"], tmp_path)
@@ -92,14 +91,7 @@ def test_stdout_sink_json_and_text(sqlite_broker, tmp_path: Path) -> None:  # no
     assert lines[-1].endswith(" -        " + RAW)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sink_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'records.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-def test_sql_sink_stores_each_record_once(sqlite_broker, sink_db: str,  # noqa: F811
+def test_sql_sink_stores_each_record_once(sqlite_broker, sink_db: str,
                                           tmp_path: Path) -> None:
     topic = new_topic()
     expected = _produce_mix(sqlite_broker.url, topic, n=250)
@@ -126,7 +118,7 @@ def test_sql_sink_stores_each_record_once(sqlite_broker, sink_db: str,  # noqa: 
     assert rows[-1].time is None and rows[-1].level is None
 
 
-def test_http_sink_posts_every_record(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_http_sink_posts_every_record(sqlite_broker, tmp_path: Path) -> None:
     topic = new_topic()
     expected = _produce_mix(sqlite_broker.url, topic, n=230)
     with Endpoint() as endpoint:
@@ -137,7 +129,7 @@ def test_http_sink_posts_every_record(sqlite_broker, tmp_path: Path) -> None:  #
         assert endpoint.headers[1]["X-LQ-Offsets"] == "100-199"
 
 
-def test_http_4xx_goes_to_dead_letter_and_is_committed(sqlite_broker,  # noqa: F811
+def test_http_4xx_goes_to_dead_letter_and_is_committed(sqlite_broker,
                                                        tmp_path: Path) -> None:
     topic = new_topic()
     records = [make_record(i, message="poison pill" if i in (3, 17, 41) else f"ok {i}")
@@ -157,7 +149,7 @@ def test_http_4xx_goes_to_dead_letter_and_is_committed(sqlite_broker,  # noqa: F
 
 
 def test_sql_sink_dead_letters_a_record_postgresql_cannot_store(
-        sqlite_broker, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+        sqlite_broker, pg_url: str, tmp_path: Path) -> None:
     topic = new_topic()
     records = [make_record(i) for i in range(20)]
     records[7]["message"] = "NUL \x00 inside"
@@ -174,7 +166,7 @@ def test_sql_sink_dead_letters_a_record_postgresql_cannot_store(
     assert offsets == [i for i in range(20) if i != 7]
 
 
-def test_logging_sink_rebuilds_log_records(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_logging_sink_rebuilds_log_records(sqlite_broker, tmp_path: Path) -> None:
     topic = new_topic()
     expected = _produce_mix(sqlite_broker.url, topic, n=40)
     out = tmp_path / "local.log"
@@ -208,7 +200,7 @@ def test_logging_sink_rebuilds_log_records(sqlite_broker, tmp_path: Path) -> Non
                           "Traceback (most recent call last):", "  File ..."]
 
 
-def test_user_sink_by_dotted_path(sqlite_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_user_sink_by_dotted_path(sqlite_broker, tmp_path: Path) -> None:
     topic = new_topic()
     expected = _produce_mix(sqlite_broker.url, topic, n=30)
     (tmp_path / "mysinks.py").write_text(textwrap.dedent("""
@@ -245,7 +237,7 @@ def test_sinks_run_in_process_too(tmp_path: Path) -> None:
     assert sys.executable  # the subprocess tests use the console script next to it
 
 
-def test_sql_sink_copy_and_insert_store_the_same_rows(sqlite_broker, pg_url: str,  # noqa: F811
+def test_sql_sink_copy_and_insert_store_the_same_rows(sqlite_broker, pg_url: str,
                                                       tmp_path: Path) -> None:
     """PostgreSQL: the COPY path (default) and the multi-row INSERT path (copy = false) store
     identical rows, whatever the text holds (COPY's own escapes: tab, newline, backslash,

@@ -1,5 +1,5 @@
 """Helpers for the runner tests: `lq consume` as a real subprocess, a real HTTP endpoint,
-records in the handler's format. (No tests here; the runner test modules import it.)"""
+records in the handler's format. (The fixtures built on them are in conftest.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import signal
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-from support import LQ, BrokerProcess, clean_env, wait_until
+from support import LQ, clean_env, wait_until
 
 from sdk import Client
 
@@ -139,24 +137,6 @@ def run_once(args: list[str], workdir: Path, timeout: float = 60,
     """``lq consume ARGS`` to completion (for --help, --dry-run, --until-empty, errors)."""
     return subprocess.run([LQ, "consume", *args], cwd=workdir, env=clean_env(**(env or {})),
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def sqlite_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    """One SQLite broker per module: what the runner tests need from a broker is its
-    contract, which both backends honour (the broker's own tests cover both)."""
-    base = tmp_path_factory.mktemp("runner-broker")
-    with BrokerProcess(f"sqlite:///{base / 'lq.db'}", log_path=base / "broker.log") as proc:
-        yield proc
-
-
-@pytest.fixture
-def runners(tmp_path: Path) -> Iterator[list[RunnerProcess]]:
-    """Collects started runners and stops any still running after the test."""
-    started: list[RunnerProcess] = []
-    yield started
-    for runner in started:
-        runner.stop()
 
 
 def start_runner(runners: list[RunnerProcess], args: list[str], workdir: Path,
