@@ -48,7 +48,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
-import click
+from sdk.contract import parse_bool, parse_size
 
 
 @dataclass(slots=True)
@@ -151,32 +151,6 @@ def pause(seconds: float) -> None:
 
 
 # --- helpers shared by the sinks ---------------------------------------------------------
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-
-
-def parse_size(value: int | str) -> int:
-    """``10MB``, ``512k``, ``1GiB`` or an int -> bytes (binary units)."""
-    if isinstance(value, int):
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"not a size: {value!r}")
-    unit = (match.group(2) or "").lower()[:1]
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def parse_bool(value: bool | str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
 
 LEVEL_COLOURS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m",
                  "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
@@ -313,15 +287,8 @@ class _Completed:
         return repr(self.sink)
 
 
-def sink_param(spec: str, options: Mapping[str, Any] | None = None,
-               param_hint: str = "--sink") -> Sink:
-    """:func:`build_sink`, with failures as a :class:`click.BadParameter` naming ``--sink``."""
-    try:
-        return build_sink(spec, options)
-    except SinkError as exc:
-        raise click.BadParameter(str(exc), param_hint=param_hint) from exc
-
-
+#: ``parse_bool`` and ``parse_size`` are sdk.contract's, re-exported for the sinks' options
+#: (and for code that imported them from here).
 __all__ = ["Entry", "Interrupted", "Rejected", "Sink", "SinkError", "build_sink", "dumps",
            "format_text", "import_attribute", "interruptible", "parse_bool", "parse_size",
-           "pause", "sink_param"]
+           "pause"]
