@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lq_logging.sinks import Entry, dumps, format_text, parse_bool, parse_size
+from lq_logging.sinks import Entry, dumps, format_text
+from sdk.contract import parse_bool, parse_size
 
 
 class FileSink:

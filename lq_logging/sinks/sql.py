@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from lq_logging.sinks import Entry, Rejected, parse_bool
+from lq_logging.sinks import Entry, Rejected
+from sdk.contract import parse_bool
 
 COLUMNS = ("topic", "offset", "time", "level", "logger", "message", "host", "record")
 #: The COPY path's staging table, in the connection's own temporary schema.

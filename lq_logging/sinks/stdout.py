@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import IO
 
-from lq_logging.sinks import Entry, dumps, format_text, parse_bool
+from lq_logging.sinks import Entry, dumps, format_text
+from sdk.contract import parse_bool
 
 
 class StdoutSink:
