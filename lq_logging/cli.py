@@ -1,25 +1,31 @@
 """``lq consume``: drain topics into sinks (the runner's command line).
 
-Found by the ``lq`` group through the ``lq.commands`` entry point ``consume``.
+Found by the ``lq`` group through the ``lq.commands`` entry point ``consume``. The options
+(or the TOML file, with the options on top) make one dictionary that
+:func:`~lq_logging.config.config_from_dict` validates; a refusal names the option that gave
+the value (or ``--config``). This is the only module of ``lq_logging`` that imports click.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
-from lq_logging.runner import (
+from lq_logging.config import (
+    BATCH_MAX,
     DEFAULT_DEAD_LETTER,
-    DEFAULT_URL,
+    WAIT_MAX,
     ConfigError,
     PipelineConfig,
-    Runner,
     RunnerConfig,
     SinkConfig,
-    load_config,
-    parse_level,
+    config_from_dict,
+    load_toml,
 )
+from lq_logging.runner import Runner, check_broker
+from sdk.contract import DEFAULT_URL
 
 EPILOG = """\b
 SPEC (--sink, repeatable; every sink gets every record):
@@ -38,22 +44,30 @@ Examples:
       --sink file:/var/log/app.jsonl --sink sql:postgresql://logs@db/logs --name archiver
   lq consume --topic app --sink https://logs.example.com/ingest --min-level WARNING
   lq consume --config runner.toml --progress
-  lq consume --config runner.toml --dry-run     # check the file and open the sinks
+  lq consume --config runner.toml --dry-run     # check the file, the sinks and the broker
 
 \b
 Delivery is at least once: fetch, write and flush every sink, then commit. With --name the
 position survives restarts (use one name per independent runner). SIGTERM or Ctrl-C
 finishes the batch in hand, commits and exits 0; a second signal exits at once (128+N).
+While the broker does not answer, the runner retries and says so every few seconds.
 
 \b
 Exit status:
   0    stopped by a signal (or --until-empty): everything written is committed
-  1    a pipeline failed (a sink kept failing, the broker refused the consumer)
+  1    a pipeline failed (a sink kept failing, the broker refused the consumer);
+       with --dry-run: the broker does not answer or refuses the token
   2    bad options or configuration
   75   a signal came while a sink (or the commit) was failing: the runner stopped
        retrying at once and did not commit the batch in hand; the next start delivers it
        again (nothing is lost)
 """
+
+#: The option that gives each configuration key, to name it when the value is refused.
+OPTION_OF = {"url": "--url", "token": "--token", "topics": "--topic", "sinks": "--sink",
+             "name": "--name", "consumer": "--name", "from": "--from",
+             "min_level": "--min-level", "logger_prefix": "--logger-prefix", "batch": "--batch",
+             "wait": "--wait", "dead_letter": "--dead-letter", "sink_retries": "--sink-retries"}
 
 
 @click.command("consume", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
@@ -78,32 +92,26 @@ Exit status:
               help="Only records at or above LEVEL (e.g. WARNING).")
 @click.option("--logger-prefix", "logger_prefixes", multiple=True, metavar="PREFIX",
               help="Only records from loggers under PREFIX (repeatable).")
-@click.option("--batch", type=click.IntRange(1, 1000), default=500, show_default=True,
-              help="Records per fetch.")
-@click.option("--wait", type=click.FloatRange(0, 30), default=5.0, show_default=True,
-              help="Seconds a fetch long-polls when the topic is drained.")
+@click.option("--batch", type=int, default=500, show_default=True,
+              help=f"Records per fetch (1 to {BATCH_MAX}).")
+@click.option("--wait", default="5s", show_default=True, metavar="DURATION",
+              help=f"How long a fetch long-polls when the topic is drained: seconds (0.5) or "
+                   f"a duration (500ms, 5s); at most {WAIT_MAX:g}s.")
 @click.option("--dead-letter", default=None, metavar="PATH",
               help=f"Where rejected records go. [default: {DEFAULT_DEAD_LETTER}]")
-@click.option("--sink-retries", type=click.IntRange(0), default=None,
+@click.option("--sink-retries", type=int, default=None,
               help="Retries of a failing sink before its pipeline stops. [default: 3]")
 @click.option("--until-empty", is_flag=True,
-              help="Exit 0 once every topic is drained (instead of waiting for more).")
+              help="Exit 0 at the first empty fetch of every topic (no long-poll).")
 @click.option("--progress", is_flag=True, help="Show a live status line and a summary at exit.")
 @click.option("--dry-run", is_flag=True,
-              help="Validate the configuration, open every sink, then exit.")
+              help="Validate the configuration, open every sink, check that the broker "
+                   "answers and accepts the token, then exit.")
 @click.pass_context
-def consume_command(ctx: click.Context, url: str, token: str | None, topics: tuple[str, ...],
-                    sinks: tuple[str, ...], name: str | None, start: str,
-                    config_path: str | None, min_level: str | None,
-                    logger_prefixes: tuple[str, ...], batch: int, wait: float,
-                    dead_letter: str | None, sink_retries: int | None, until_empty: bool,
-                    progress: bool, dry_run: bool) -> None:
+def consume_command(ctx: click.Context, config_path: str | None, progress: bool,
+                    dry_run: bool, **options: Any) -> None:
     """Drain topics into sinks: files, a database, an HTTP endpoint, stdout, logging."""
-    config = _build_config(ctx, url=url, token=token, topics=topics, sinks=sinks, name=name,
-                           start=start, config_path=config_path, min_level=min_level,
-                           logger_prefixes=logger_prefixes, batch=batch, wait=wait,
-                           dead_letter=dead_letter, sink_retries=sink_retries,
-                           until_empty=until_empty)
+    config = _build_config(ctx, config_path, options)
     runner = Runner(config, progress=progress)
 
     def bad_sink(pcfg: PipelineConfig, index: int, scfg: SinkConfig,
@@ -115,65 +123,72 @@ def consume_command(ctx: click.Context, url: str, token: str | None, topics: tup
     runner.build_sinks(on_error=bad_sink)
     if dry_run:
         runner.close_sinks()
-        for p in config.pipelines:
-            filters = []
-            if p.min_level is not None:
-                filters.append(f"level >= {p.min_level}")
-            if p.logger_prefixes:
-                filters.append("logger in " + ",".join(p.logger_prefixes))
-            click.echo(f"pipeline {p.name!r}: topics {', '.join(p.topics)} -> "
-                       f"{', '.join(s.spec for s in p.sinks)}"
-                       + (f" (filters: {'; '.join(filters)})" if filters else "")
-                       + f"; consumer {p.consumer_name or '(anonymous)'}")
-        click.echo("configuration OK")
-        return
-    if any(p.consumer_name is None for p in config.pipelines):
+        sys.exit(_dry_run(config))
+    if any(p.consumer is None for p in config.pipelines):
         click.echo("lq consume: no --name: the position is not kept across restarts",
                    err=True)
     sys.exit(runner.run())
 
 
-def _build_config(ctx: click.Context, *, url: str, token: str | None, topics: tuple[str, ...],
-                  sinks: tuple[str, ...], name: str | None, start: str,
-                  config_path: str | None, min_level: str | None,
-                  logger_prefixes: tuple[str, ...], batch: int, wait: float,
-                  dead_letter: str | None, sink_retries: int | None,
-                  until_empty: bool) -> RunnerConfig:
-    """Options, environment and TOML file -> RunnerConfig (options and environment win)."""
-    def given(param: str) -> bool:
-        source = ctx.get_parameter_source(param)
-        return source not in (None, click.core.ParameterSource.DEFAULT)
+def _dry_run(config: RunnerConfig) -> int:
+    """Say what would run; check the broker. The exit status."""
+    for p in config.pipelines:
+        filters = []
+        if p.min_level is not None:
+            filters.append(f"level >= {p.min_level}")
+        if p.logger_prefix:
+            filters.append("logger in " + ",".join(p.logger_prefix))
+        click.echo(f"pipeline {p.name!r}: topics {', '.join(p.topics)} -> "
+                   f"{', '.join(s.spec for s in p.sinks)}"
+                   + (f" (filters: {'; '.join(filters)})" if filters else "")
+                   + f"; consumer {p.consumer or '(anonymous)'}")
+    problem = check_broker(config)
+    if problem:
+        click.echo(f"lq consume: {problem}", err=True)
+        return 1
+    click.echo(f"broker {config.url} answers" + (" and accepts the token" if config.token
+                                                 else ""))
+    click.echo("configuration OK")
+    return 0
 
+
+def _build_config(ctx: click.Context, config_path: str | None,
+                  options: dict[str, Any]) -> RunnerConfig:
+    """Options, environment and TOML file -> RunnerConfig (options and environment win)."""
+    given = {key: options[key] for key in ("url", "token", "dead_letter", "sink_retries")
+             if ctx.get_parameter_source(key) not in (None, click.core.ParameterSource.DEFAULT)
+             and options[key] is not None}
+    if options["until_empty"]:
+        given["until_empty"] = True
     if config_path:
-        if topics or sinks:
+        if options["topics"] or options["sinks"]:
             raise click.UsageError("--config replaces --topic and --sink; put them in the file")
         try:
-            config = load_config(config_path)
+            data = {**load_toml(config_path), **given}
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--config") from exc
-        if given("url"):
-            config.url = url
-        if token:
-            config.token = token
     else:
-        if not topics:
+        if not options["topics"]:
             raise click.UsageError("give at least one --topic (or --config FILE)")
-        if not sinks:
+        if not options["sinks"]:
             raise click.UsageError("give at least one --sink SPEC (or --config FILE)")
-        try:
-            level = parse_level(min_level)
-        except ConfigError as exc:
-            raise click.BadParameter(str(exc), param_hint="--min-level") from exc
-        pipeline = PipelineConfig(name=name or "consume", topics=list(topics),
-                                  sinks=[SinkConfig(s) for s in sinks], consumer_name=name,
-                                  start=start, min_level=level,
-                                  logger_prefixes=tuple(logger_prefixes), batch=batch,
-                                  wait=wait)
-        config = RunnerConfig(url=url, token=token, pipelines=[pipeline])
-    if dead_letter:
-        config.dead_letter = dead_letter
-    if sink_retries is not None:
-        config.sink_retries = sink_retries
-    if until_empty:
-        config.until_empty = True
-    return config
+        data = {**given, "pipeline": [{
+            "name": options["name"] or "consume", "consumer": options["name"],
+            "topics": list(options["topics"]), "sinks": list(options["sinks"]),
+            "from": options["start"], "min_level": options["min_level"],
+            "logger_prefix": list(options["logger_prefixes"]), "batch": options["batch"],
+            "wait": options["wait"]}]}
+    try:
+        return config_from_dict(data, source=config_path or "options")
+    except ConfigError as exc:
+        raise _refusal(exc, config_path, given) from exc
+
+
+def _refusal(exc: ConfigError, config_path: str | None,
+             given: dict[str, Any]) -> click.BadParameter:
+    """The error naming the option that gave the first refused value (else --config)."""
+    first = exc.problems[0] if exc.problems else None
+    if (first is not None and first.key in OPTION_OF
+            and (config_path is None or first.key in given)):
+        return click.BadParameter(first.message, param_hint=OPTION_OF[first.key])
+    return click.BadParameter(str(exc), param_hint="--config" if config_path else None)
