@@ -17,7 +17,7 @@ from runner_helpers import (
     run_once,
     start_runner,
 )
-from support import wait_until
+from support import free_port, wait_until
 
 
 def test_help_has_examples(tmp_path: Path) -> None:
@@ -134,3 +134,58 @@ def test_a_deleted_topic_stops_the_pipeline_with_a_clear_error(sqlite_broker, ru
     assert runner.wait(30) == 1, runner.stderr
     assert "gone (deleted, or expired" in runner.stderr
     assert "Traceback" not in runner.stderr
+
+
+def test_a_broker_that_does_not_answer_is_reported_every_few_seconds(
+        runners, start_broker, tmp_path: Path) -> None:
+    """One short line, again and again while it lasts (not one urllib3 dump, then silence);
+    once a broker answers on that port, the runner says so and drains the topic."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = tmp_path / "late.jsonl"
+    runner = start_runner(runners, ["--url", url, "--topic", "late", "--name", "late",
+                                    "--sink", f"file:{out}"], tmp_path, ready=False)
+    line = f"lq consume: broker {url} not answering (connection refused); retrying"
+    wait_until(lambda: runner.stderr.count(line) >= 2, timeout=40,
+               message=f"two reports: {runner.stderr}")
+    assert "HTTPConnectionPool" not in runner.stderr and "Traceback" not in runner.stderr
+    assert all(text.startswith("lq consume: ") for text in runner.stderr.splitlines())
+
+    broker = start_broker(f"sqlite:///{tmp_path / 'lq.db'}", port=port)
+    produce_records(broker.url, "late", [make_record(i) for i in range(5)])
+    wait_until(lambda: count_lines(out) == 5, timeout=40, message="the records")
+    assert f"lq consume: broker {url} answers again" in runner.stderr
+    runner.signal(signal.SIGTERM)
+    assert runner.wait(10) == 0, runner.stderr
+
+
+def test_until_empty_ends_at_the_first_empty_fetch(sqlite_broker, tmp_path: Path) -> None:
+    """--until-empty does not long-poll: with --wait 30, the old runner sat out the whole
+    30 s on the last, empty fetch; the subprocess's deadline is shorter than that."""
+    topic = new_topic("empty")
+    records = [make_record(i) for i in range(7)]
+    produce_records(sqlite_broker.url, topic, records)
+    out = tmp_path / "empty.jsonl"
+    done = run_once(["--url", sqlite_broker.url, "--topic", topic, "--sink", f"file:{out}",
+                     "--until-empty", "--wait", "30"], tmp_path, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert read_jsonl(out) == records
+
+
+def test_dry_run_checks_the_broker_and_the_token(start_broker, tmp_path: Path) -> None:
+    base = ["--topic", "t", "--sink", "stdout", "--dry-run"]
+    nobody = f"http://127.0.0.1:{free_port()}"
+    done = run_once(["--url", nobody, *base], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == f"lq consume: broker {nobody} not answering (connection refused)\n"
+    assert "configuration OK" not in done.stdout
+
+    broker = start_broker(f"sqlite:///{tmp_path / 'lq.db'}", token="s3cret")
+    done = run_once(["--url", broker.url, "--token", "wrong", *base], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"lq consume: broker {broker.url} refused the token")
+    assert len(done.stderr.splitlines()) == 1
+    done = run_once(["--url", broker.url, *base], tmp_path, env={"LQ_TOKEN": "s3cret"})
+    assert done.returncode == 0, done.stderr
+    assert f"broker {broker.url} answers and accepts the token" in done.stdout
+    assert "configuration OK" in done.stdout
