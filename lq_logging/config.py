@@ -140,7 +140,7 @@ class PipelineConfig(BaseModel):
     consumer, which starts at ``from`` on every run and keeps no position across restarts.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
     topics: list[Topic] = Field(min_length=1)
@@ -178,7 +178,7 @@ class RunnerConfig(BaseModel):
     """Every pipeline and the options they share. Keys as in the TOML file (``pipeline``
     is the list of ``[[pipeline]]`` tables)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: Urls = DEFAULT_URL
     token: Annotated[str | None, BeforeValidator(lambda value: value or None)] = None
@@ -252,7 +252,7 @@ def _describe(error: Any, data: dict[str, Any]) -> Problem:
     loc = list(error["loc"])
     where = ""
     if loc[:1] == ["pipeline"] and len(loc) > 1 and isinstance(loc[1], int):
-        raw = (data.get("pipeline") or data.get("pipelines"))[loc[1]]
+        raw = data["pipeline"][loc[1]]
         name = raw.get("name") if isinstance(raw, dict) else None
         where = f"pipeline {loc[1] + 1}" + (f" ({name!r})" if name else "") + ": "
         loc = loc[2:]
