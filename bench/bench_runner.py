@@ -75,8 +75,8 @@ def runner_rate(url: str, topic: str, sink: str, name: str, workdir: Path,
     match = re.search(r"done: ([\d,]+) records in ([\d.]+)s", done.stderr)
     assert match, done.stderr
     n = int(match.group(1).replace(",", ""))
-    # the runner's own clock includes start-up and the final empty long-poll (0.2 s)
-    return n / max(float(match.group(2)) - 0.2, 1e-9)
+    # the runner's own clock includes start-up; --until-empty ends at the first empty fetch
+    return n / max(float(match.group(2)), 1e-9)
 
 
 def latency(url: str, workdir: Path, rate: int, seconds: float) -> tuple[list[float], int]:

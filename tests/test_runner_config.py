@@ -100,3 +100,12 @@ def test_a_toml_file_that_cannot_be_read_or_parsed(tmp_path: Path) -> None:
     bad.write_text("[[pipeline]\nname = 1\n")
     with pytest.raises(ConfigError, match="bad.toml"):
         load_config(bad)
+
+
+def test_the_example_file_is_valid() -> None:
+    """examples/runner.toml is what users copy: it must load as it is."""
+    config = load_config(Path(__file__).parent.parent / "examples" / "runner.toml")
+    assert [p.name for p in config.pipelines] == ["archive", "db-alerts"]
+    assert config.retry_backoff == 0.5 and config.pipelines[0].wait == 5.0
+    assert [s.spec for s in config.pipelines[1].sinks] == [
+        "stdout", "https://alerts.example.com/ingest"]
