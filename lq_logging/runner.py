@@ -177,7 +177,7 @@ class Runner:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
-        def handle(signum: int, frame: object) -> None:
+        def handle(signum: int, _frame: object) -> None:
             name = signal.Signals(signum).name
             if self.gate.stopping:
                 self.say(f"{name} again: exiting now; the uncommitted batch will be "
