@@ -74,7 +74,8 @@ def outage_reason(exc: BaseException) -> str:
             return "timed out"
     status = getattr(exc, "status", None)
     if status:
-        return f"HTTP {status}: {getattr(exc, 'message', None) or exc}"
+        message = str(getattr(exc, "message", None) or exc)
+        return message if message.startswith("HTTP ") else f"HTTP {status}: {message}"
     return f"{type(exc).__name__}: {exc}"
 
 
