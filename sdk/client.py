@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from sdk.contract import DEFAULT_URL
 from sdk.exceptions import LogQueueError, TopicExists
-from sdk.transport import DEFAULT_URL, Transport, reset_after_fork
+from sdk.transport import Transport, reset_after_fork
 
 Start = Literal["earliest", "latest"]
 

@@ -44,9 +44,9 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from sdk.contract import DEFAULT_URL
 from sdk.exceptions import BrokerUnavailable, LogQueueError, ProtocolError, error_from_response
 
-DEFAULT_URL = "http://127.0.0.1:5000"
 USER_AGENT = "logqueue-sdk/0.1"
 
 #: requests exceptions meaning "no usable answer": retried, and the next url is tried.
@@ -298,4 +298,4 @@ def _decode_failure(resp: requests.Response) -> LogQueueError:
     return error_from_response(resp.status_code, body)
 
 
-__all__ = ["DEFAULT_URL", "Transport", "normalize_url", "parse_urls"]
+__all__ = ["Transport", "normalize_url", "parse_urls"]
