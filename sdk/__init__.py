@@ -24,6 +24,7 @@ from sdk.exceptions import (
     TooLarge,
     TopicExists,
     Unauthorized,
+    UnencodableRequest,
     UnknownId,
     UnknownTopic,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "TopicStats",
     "Transport",
     "Unauthorized",
+    "UnencodableRequest",
     "UnknownId",
     "UnknownTopic",
 ]

@@ -54,6 +54,16 @@ class BadRequest(LogQueueError, ValueError):
     status = 400
 
 
+class UnencodableRequest(BadRequest):
+    """The request could not be encoded, so it was never sent: a lone surrogate (``"\\ud800"``)
+    in a message or name, which UTF-8 cannot carry, a value JSON cannot hold, or a token that
+    is not Latin-1. A :class:`BadRequest` (and so a :class:`ValueError`): sending it again as
+    it is cannot help."""
+
+    code = "unencodable"
+    status = None  # the broker never saw it
+
+
 class TopicExists(LogQueueError):
     """``create_topic`` for a topic that already exists (HTTP 400)."""
 
@@ -186,6 +196,7 @@ __all__ = [
     "TopicExists",
     "Unauthorized",
     "UnknownId",
+    "UnencodableRequest",
     "UnknownTopic",
     "error_from_response",
 ]
