@@ -10,7 +10,8 @@ broker or Flask.
 """
 
 from sdk.classic import MyQueue
-from sdk.client import Client, Consumer, Message, Producer, SendResult, TopicStats
+from sdk.client import Client, Message, SendResult, TopicStats
+from sdk.consumer import Consumer
 from sdk.exceptions import (
     BadRequest,
     BrokerUnavailable,
@@ -28,6 +29,7 @@ from sdk.exceptions import (
     UnknownId,
     UnknownTopic,
 )
+from sdk.producer import Producer
 from sdk.transport import Transport
 
 __all__ = [

@@ -18,8 +18,8 @@ from sdk.cli.options import (
     on_sigterm_raise_interrupt,
     topic_argument,
 )
-from sdk.client import Producer
 from sdk.exceptions import LogQueueError
+from sdk.producer import Producer
 
 BATCH_BYTES = 4 * 1024 * 1024  # well under the broker's 16 MiB body limit, even JSON-escaped
 

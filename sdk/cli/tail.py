@@ -16,7 +16,8 @@ from sdk.cli.options import (
     on_sigterm_raise_interrupt,
     topic_argument,
 )
-from sdk.client import Consumer, Message
+from sdk.client import Message
+from sdk.consumer import Consumer
 from sdk.exceptions import LogQueueError
 
 
