@@ -44,7 +44,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from sdk.contract import DEFAULT_URL
+from sdk.contract import DEFAULT_URL, check_url
 from sdk.exceptions import (
     BrokerUnavailable,
     LogQueueError,
@@ -65,9 +65,7 @@ def normalize_url(url: str) -> str:
     >>> normalize_url("localhost:5000")
     'http://localhost:5000'
     """
-    url = url.strip()
-    if not url:
-        raise ValueError("empty broker url")
+    url = check_url(url).strip()  # refuses e.g. "http//host:5000" instead of looking up "http"
     if "://" not in url:
         url = "http://" + url
     return url.rstrip("/")

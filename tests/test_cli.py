@@ -291,6 +291,11 @@ def test_broker_down_is_one_line(args: list[str]) -> None:
     assert f"cannot reach the broker at {url}" in error
 
 
+def test_a_malformed_url_is_refused_before_any_request() -> None:
+    error = one_error_line(lq("topics", url="http//127.0.0.1:5000"), 2)
+    assert "bad --url" in error and "not a broker url" in error
+
+
 def test_bad_names_and_unknown_topics(broker: BrokerProcess) -> None:
     for args in (["topics", "create", "bad name"], ["produce", "--", "-x", "m"],
                  ["tail", "a/b"], ["topics", "describe", "x" * 201]):
