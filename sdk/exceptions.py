@@ -12,6 +12,8 @@ body. Catch the root to handle everything, or a subclass to handle one case::
 Some classes also derive from a builtin where that makes them easier to catch:
 :class:`BrokerUnavailable` is a :class:`ConnectionError`, :class:`BadRequest` a
 :class:`ValueError`, :class:`UnknownTopic` and :class:`UnknownId` are :class:`LookupError`\\ s.
+:class:`UnencodableRequest` is raised before anything is sent: a :class:`BadRequest` for a
+request that cannot even be encoded (a lone surrogate in a message, say).
 """
 
 from __future__ import annotations
