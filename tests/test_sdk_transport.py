@@ -47,6 +47,7 @@ class ScriptedServer:
         self.bodies: list[bytes] = []
         self.paths: list[str] = []
         self.release = threading.Event()  # ends the "hang" steps
+        self.gate: threading.Barrier | None = None  # when set, answers wait for each other
         self._lock = threading.Lock()
         self._served = 0
         server = self
@@ -79,6 +80,8 @@ class ScriptedServer:
             self.bodies.append(body)
             self.paths.append(handler.path)
             self.events.append(self.name)
+        if self.gate is not None:
+            self.gate.wait(30)
         if step in ("close", "hang"):
             if step == "hang":
                 self.release.wait(60)
@@ -205,6 +208,24 @@ def test_failover_tries_the_next_url_at_once_and_sticks_to_it(serve, events) -> 
         assert t.get("/topics")["server"] == "A"
         assert events == ["A", "B", "B", "B", "B", "A"]
         assert t.url == a.url
+
+
+def test_threads_that_see_one_url_fail_move_on_once(serve, events) -> None:
+    """Four threads fail on A at the same moment: A -> B once, not A -> B -> A -> B -> A."""
+    a = serve("A", "503")
+    b = serve("B", "ok")
+    a.gate = threading.Barrier(4)  # A answers only when all four requests are in
+    answers: list[str] = []
+    with transport(a, b) as t:
+        threads = [threading.Thread(target=lambda: answers.append(t.get("/topics")["server"]))
+                   for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert answers == ["B"] * 4
+        assert t.url == b.url
+    assert sorted(events) == ["A"] * 4 + ["B"] * 4  # no pause: each thread saw only A fail
 
 
 def test_backoff_pauses_only_after_every_url_failed(serve, events) -> None:
