@@ -126,8 +126,8 @@ def topics_alter(ctx: click.Context, topic: str, retention: int | None,
 
 @topics_group.command("delete", context_settings=CONTEXT, epilog="""\b
 Examples:
-  lq topics delete app            # asks first
-  lq topics delete app --yes      # in scripts
+  lq topics delete app            # asks first (on a terminal)
+  lq topics delete app --yes      # in scripts: without a terminal, --yes is required
 """)
 @topic_argument
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
