@@ -7,6 +7,7 @@ Start a broker first (``lq broker``), then run::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from sdk import MyQueue, QueueEmpty, TopicExists
@@ -14,10 +15,8 @@ from sdk import MyQueue, QueueEmpty, TopicExists
 
 def main(url: str = "localhost:5000") -> None:
     queue = MyQueue(url)
-    try:
+    with contextlib.suppress(TopicExists):  # a second run finds it there
         queue.createTopic("example-classic")
-    except TopicExists:
-        pass  # a second run
     print("topics:", queue.get_all_topics())
 
     producer = queue.createProducer(["example-classic"])

@@ -10,7 +10,8 @@ broker or Flask.
 """
 
 from sdk.classic import MyQueue
-from sdk.client import Client, Consumer, Message, Producer, SendResult, TopicStats
+from sdk.client import Client, Message, SendResult, TopicStats
+from sdk.consumer import Consumer
 from sdk.exceptions import (
     BadRequest,
     BrokerUnavailable,
@@ -24,9 +25,11 @@ from sdk.exceptions import (
     TooLarge,
     TopicExists,
     Unauthorized,
+    UnencodableRequest,
     UnknownId,
     UnknownTopic,
 )
+from sdk.producer import Producer
 from sdk.transport import Transport
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "TopicStats",
     "Transport",
     "Unauthorized",
+    "UnencodableRequest",
     "UnknownId",
     "UnknownTopic",
 ]

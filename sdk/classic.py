@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sdk import client as _client
+from sdk.client import Client
+from sdk.consumer import Consumer as PythonicConsumer
 from sdk.exceptions import NotRegistered, QueueEmpty
+from sdk.producer import Producer as PythonicProducer
 
 
 class MyQueue:
@@ -39,7 +41,7 @@ class MyQueue:
     """
 
     def __init__(self, url: str, *, token: str | None = None, **options: Any) -> None:
-        self.client = _client.Client(url, token=token, **options)
+        self.client = Client(url, token=token, **options)
 
     def createTopic(self, topicName: str) -> None:
         """Create a topic. Raises ``TopicExists`` if it exists, ``BadRequest`` if the name is
@@ -73,8 +75,8 @@ class MyQueue:
 class Producer:
     """A classic producer; create it with :meth:`MyQueue.createProducer`."""
 
-    def __init__(self, client: _client.Client, topicNames: Iterable[str] = ()) -> None:
-        self._producer = _client.Producer(client, topics=topicNames)
+    def __init__(self, client: Client, topicNames: Iterable[str] = ()) -> None:
+        self._producer = PythonicProducer(client, topics=topicNames)
 
     def registerTopic(self, topicName: str) -> None:
         """Register with another topic (created if missing)."""
@@ -94,8 +96,8 @@ class Producer:
 class Consumer:
     """A classic consumer; create it with :meth:`MyQueue.createConsumer`."""
 
-    def __init__(self, client: _client.Client, topicNames: Iterable[str] = ()) -> None:
-        self._consumer = _client.Consumer(client, topics=topicNames)
+    def __init__(self, client: Client, topicNames: Iterable[str] = ()) -> None:
+        self._consumer = PythonicConsumer(client, topics=topicNames)
 
     def registerTopic(self, topicName: str) -> None:
         """Register with another topic. Raises ``UnknownTopic`` if it does not exist."""

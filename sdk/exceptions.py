@@ -12,6 +12,8 @@ body. Catch the root to handle everything, or a subclass to handle one case::
 Some classes also derive from a builtin where that makes them easier to catch:
 :class:`BrokerUnavailable` is a :class:`ConnectionError`, :class:`BadRequest` a
 :class:`ValueError`, :class:`UnknownTopic` and :class:`UnknownId` are :class:`LookupError`\\ s.
+:class:`UnencodableRequest` is raised before anything is sent: a :class:`BadRequest` for a
+request that cannot even be encoded (a lone surrogate in a message, say).
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ class BadRequest(LogQueueError, ValueError):
 
     code = "bad_request"
     status = 400
+
+
+class UnencodableRequest(BadRequest):
+    """The request could not be encoded, so it was never sent: a lone surrogate (``"\\ud800"``)
+    in a message or name, which UTF-8 cannot carry, a value JSON cannot hold, or a token that
+    is not Latin-1. A :class:`BadRequest` (and so a :class:`ValueError`): sending it again as
+    it is cannot help."""
+
+    code = "unencodable"
+    status = None  # the broker never saw it
 
 
 class TopicExists(LogQueueError):
@@ -186,6 +198,7 @@ __all__ = [
     "TopicExists",
     "Unauthorized",
     "UnknownId",
+    "UnencodableRequest",
     "UnknownTopic",
     "error_from_response",
 ]

@@ -44,9 +44,15 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from sdk.exceptions import BrokerUnavailable, LogQueueError, ProtocolError, error_from_response
+from sdk.contract import DEFAULT_URL, check_url
+from sdk.exceptions import (
+    BrokerUnavailable,
+    LogQueueError,
+    ProtocolError,
+    UnencodableRequest,
+    error_from_response,
+)
 
-DEFAULT_URL = "http://127.0.0.1:5000"
 USER_AGENT = "logqueue-sdk/0.1"
 
 #: requests exceptions meaning "no usable answer": retried, and the next url is tried.
@@ -59,9 +65,7 @@ def normalize_url(url: str) -> str:
     >>> normalize_url("localhost:5000")
     'http://localhost:5000'
     """
-    url = url.strip()
-    if not url:
-        raise ValueError("empty broker url")
+    url = check_url(url).strip()  # refuses e.g. "http//host:5000" instead of looking up "http"
     if "://" not in url:
         url = "http://" + url
     return url.rstrip("/")
@@ -171,16 +175,17 @@ class Transport:
         Raises:
             BrokerUnavailable: no broker answered (after every retry), or the last answer was
                 a 502, 503 or 504. (A 500 is a broker bug: :class:`InternalError`.)
-            LogQueueError: the subclass for the broker's ``error`` code on a 4xx.
+            UnencodableRequest: the request cannot be encoded (a lone surrogate, a value
+                JSON cannot hold, a token that is not Latin-1); nothing was sent.
+            LogQueueError: the subclass for the broker's ``error`` code on a 4xx; its root
+                for any other failure of the request (``code="client_error"``).
         """
         if self._closed:
             raise LogQueueError("the transport is closed", code="closed")
         if params:
             params = {k: v for k, v in params.items() if v is not None}
         is_get = method.upper() == "GET"
-        # UTF-8 as is, not \uXXXX escapes: bodies stay at the size the broker limits count.
-        body = None if is_get else json.dumps(params or {}, ensure_ascii=False,
-                                               separators=(",", ":")).encode("utf-8")
+        query, body = (params, None) if is_get else (None, _json_body(method, path, params))
         timeout = (self.connect_timeout, self.read_timeout + max(wait, 0.0))
         failed: set[int] = set()
         pauses = 0
@@ -191,30 +196,14 @@ class Transport:
                 time.sleep(self._delay(pauses))
                 pauses += 1
                 failed.clear()
-            url = self.urls[index]
-            session = self._session or self._open_session()
-            try:
-                if is_get:
-                    resp = session.request(method, url + path, params=params, timeout=timeout)
-                else:
-                    resp = session.request(method, url + path, data=body,
-                                           headers=_JSON_HEADERS, timeout=timeout)
-            except _RETRYABLE as exc:
-                error: LogQueueError = BrokerUnavailable(
-                    f"{method} {url}{path}: {type(exc).__name__}: {exc}", status=None)
-                error.__cause__ = exc
-            except requests.RequestException as exc:
-                raise LogQueueError(f"{method} {url}{path}: {exc}", code="client_error") from exc
-            else:
-                status = resp.status_code
-                if status < 500:
-                    return _decode(resp)
-                error = _decode_failure(resp)
+            answer = self._send(method, self.urls[index], path, query, body, timeout)
+            if not isinstance(answer, LogQueueError):
+                return answer
             failed.add(index)
             self._fail_over(index)
             attempt += 1
             if not retry or attempt > self.retries:
-                raise error
+                raise answer
 
     def close(self) -> None:
         """Close the pooled connections. Idempotent."""
@@ -233,6 +222,28 @@ class Transport:
         return f"Transport(urls={list(self.urls)!r}, active={self.url!r})"
 
     # -- internals ----------------------------------------------------------------------
+
+    def _send(self, method: str, url: str, path: str, query: Mapping[str, Any] | None,
+              body: bytes | None, timeout: tuple[float, float]) -> dict[str, Any] | LogQueueError:
+        """Send once to ``url``: the success body, or the error to retry elsewhere (no answer,
+        or a 5xx). Raise what no retry can mend (a 4xx, a request that cannot be built)."""
+        session = self._session or self._open_session()
+        try:
+            resp = session.request(method, url + path, params=query, data=body,
+                                   headers=None if body is None else _JSON_HEADERS,
+                                   timeout=timeout)
+        except _RETRYABLE as exc:
+            error = BrokerUnavailable(f"{method} {url}{path}: {type(exc).__name__}: {exc}",
+                                      status=None)
+            error.__cause__ = exc
+            return error
+        except UnicodeError as exc:  # a query value or the token that cannot be encoded
+            raise UnencodableRequest(f"{method} {path}: cannot encode the request: {exc}") from exc
+        except requests.RequestException as exc:
+            raise LogQueueError(f"{method} {url}{path}: {exc}", code="client_error") from exc
+        if resp.status_code < 500:
+            return _decode(resp)
+        return _decode_failure(resp)
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -270,6 +281,17 @@ class Transport:
         return step / 2 + random.uniform(0, step / 2)
 
 
+def _json_body(method: str, path: str, params: Mapping[str, Any] | None) -> bytes:
+    """``params`` as a compact UTF-8 JSON body, or :class:`UnencodableRequest`."""
+    try:
+        # UTF-8 as is, not \uXXXX escapes: bodies stay at the size the broker limits count.
+        return json.dumps(params or {}, ensure_ascii=False,
+                          separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
+        raise UnencodableRequest(f"{method} {path}: cannot encode the request as UTF-8 JSON: "
+                                 f"{exc}") from exc
+
+
 def _body(resp: requests.Response) -> dict[str, Any] | None:
     try:
         body = json.loads(resp.content)
@@ -298,4 +320,4 @@ def _decode_failure(resp: requests.Response) -> LogQueueError:
     return error_from_response(resp.status_code, body)
 
 
-__all__ = ["DEFAULT_URL", "Transport", "normalize_url", "parse_urls"]
+__all__ = ["Transport", "normalize_url", "parse_urls"]

@@ -8,6 +8,8 @@ proves it is following, then the lines produced afterwards must appear.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import queue
 import secrets
 import signal
@@ -50,6 +52,20 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int | None = 
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert "Traceback" not in result.stderr
     return lines[0]
+
+
+def lq_on_terminal(*args: str, url: str, answer: str) -> subprocess.CompletedProcess[str]:
+    """`lq ARGS` with a terminal (a pseudo-terminal) as stdin, on which ``answer`` is typed."""
+    terminal, child_end = pty.openpty()
+    try:
+        proc = subprocess.Popen([LQ, *args], env=clean_env(LQ_URL=url), stdin=child_end,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.close(child_end)
+        os.write(terminal, answer.encode())  # the terminal holds the line until it is read
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(terminal)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def new_topic() -> str:
@@ -231,7 +247,7 @@ def test_topics_create_describe_alter_delete(broker: BrokerProcess) -> None:
     info = describe(broker.url, topic)
     assert info["retention_ms"] == 7 * 86_400_000 and info["retention_messages"] == 1000
     text = ok("topics", "describe", topic, url=broker.url).stdout
-    assert "7d, 1000 messages" in text and f"Topic:      {topic}" in text
+    assert "1w, 1000 messages" in text and f"Topic:      {topic}" in text
 
     error = one_error_line(lq("topics", "create", topic, url=broker.url), 1)
     assert "already exists" in error
@@ -242,11 +258,19 @@ def test_topics_create_describe_alter_delete(broker: BrokerProcess) -> None:
     assert info["retention_ms"] == 12 * 3_600_000 and info["retention_messages"] == 1000
 
     ok("produce", topic, "a", "b", url=broker.url)
-    declined = lq("topics", "delete", topic, url=broker.url, input="n\n")
+    declined = lq_on_terminal("topics", "delete", topic, url=broker.url, answer="n\n")
     assert declined.returncode == 1 and "Traceback" not in declined.stderr
+    assert f"Delete topic {topic!r} with its 2 messages" in declined.stderr
     assert describe(broker.url, topic)["messages"] == 2  # still there
 
-    ok("topics", "delete", topic, url=broker.url, input="y\n")
+    # No terminal to ask on (a script, a pipe) and no --yes: one line, nothing deleted.
+    unasked = one_error_line(lq("topics", "delete", topic, url=broker.url, input="y\n"), 2)
+    assert "pass --yes" in unasked
+    assert describe(broker.url, topic)["messages"] == 2
+
+    accepted = lq_on_terminal("topics", "delete", topic, url=broker.url, answer="y\n")
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"Deleted topic {topic!r}." in accepted.stderr
     assert topic not in ok("topics", url=broker.url).stdout.splitlines()
     assert "does not exist" in one_error_line(lq("topics", "describe", topic, url=broker.url))
     assert "does not exist" in one_error_line(lq("topics", "delete", topic, "--yes",
@@ -267,6 +291,11 @@ def test_broker_down_is_one_line(args: list[str]) -> None:
     assert f"cannot reach the broker at {url}" in error
 
 
+def test_a_malformed_url_is_refused_before_any_request() -> None:
+    error = one_error_line(lq("topics", url="http//127.0.0.1:5000"), 2)
+    assert "bad --url" in error and "not a broker url" in error
+
+
 def test_bad_names_and_unknown_topics(broker: BrokerProcess) -> None:
     for args in (["topics", "create", "bad name"], ["produce", "--", "-x", "m"],
                  ["tail", "a/b"], ["topics", "describe", "x" * 201]):
@@ -274,6 +303,11 @@ def test_bad_names_and_unknown_topics(broker: BrokerProcess) -> None:
     assert "does not exist" in one_error_line(lq("tail", "no-such-topic", url=broker.url), 1)
     assert "--retention" in one_error_line(lq("topics", "create", "t", "--retention", "7 years",
                                               url=broker.url), 2)
+    # A bare number could be seconds or milliseconds: refused, as the broker's --retention does.
+    topic = new_topic()
+    error = one_error_line(lq("topics", "create", topic, "--retention", "500", url=broker.url), 2)
+    assert "--retention" in error and "give a unit" in error
+    assert topic not in ok("topics", url=broker.url).stdout.splitlines()
 
 
 def test_token_missing_or_wrong(start_broker, tmp_path: Path) -> None:

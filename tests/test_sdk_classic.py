@@ -170,9 +170,9 @@ def test_not_found_and_method_not_allowed(queue: MyQueue) -> None:
 
 
 def test_broker_unavailable() -> None:
-    with MyQueue(f"127.0.0.1:{free_port()}", retries=2, backoff=0.01) as q:
-        with pytest.raises(BrokerUnavailable) as info:
-            q.get_all_topics()
+    with MyQueue(f"127.0.0.1:{free_port()}", retries=2, backoff=0.01) as q, \
+            pytest.raises(BrokerUnavailable) as info:
+        q.get_all_topics()
     assert isinstance(info.value, ConnectionError)
     assert info.value.status is None
 
@@ -196,16 +196,100 @@ def _load_workload() -> dict[int, list[tuple[str, str]]]:
     return lines
 
 
+def _expected(workload: dict[int, list[tuple[str, str]]]) -> dict[str, list[tuple[int, str]]]:
+    """topic -> [(producer number, message), ...] in each producer's file order."""
+    expected: dict[str, list[tuple[int, str]]] = {t: [] for t in ("T-1", "T-2", "T-3")}
+    for n, items in workload.items():
+        for t, msg in items:
+            expected[t].append((n, msg))
+    return expected
+
+
+class _Workload:
+    """Five producer and three consumer threads sharing one :class:`MyQueue`.
+
+    Consumers that found every queue empty wait for the next acknowledged enqueue instead of
+    polling the broker (an Event-style wake-up, not a sleep)."""
+
+    def __init__(self, q: MyQueue, workload: dict[int, list[tuple[str, str]]],
+                 expected: dict[str, list[tuple[int, str]]]) -> None:
+        self.q = q
+        self.workload = workload
+        self.want = {t: len(pairs) for t, pairs in expected.items()}
+        self.received: dict[int, dict[str, list[str]]] = {
+            c: {t: [] for t in ts} for c, ts in CONSUMER_TOPICS.items()}
+        self.errors: list[BaseException] = []
+        self.deadline = time.monotonic() + 90
+        self.progress = threading.Condition()
+        self.enqueued = 0
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self.consume, args=(c,)) for c in CONSUMER_TOPICS]
+        threads += [threading.Thread(target=self.produce, args=(n,)) for n in PRODUCER_TOPICS]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+        assert not self.errors, self.errors
+        assert not any(th.is_alive() for th in threads)
+
+    def produce(self, n: int) -> None:
+        try:
+            producer = self.q.createProducer(PRODUCER_TOPICS[n])
+            for t, msg in self.workload[n]:
+                producer.enqueue(msg, t)
+                with self.progress:
+                    self.enqueued += 1
+                    self.progress.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.errors.append(exc)
+        finally:
+            with self.progress:
+                self.progress.notify_all()
+
+    def consume(self, c: int) -> None:
+        try:
+            topics = CONSUMER_TOPICS[c]
+            consumer = self.q.createConsumer(topics)
+            mine = self.received[c]
+            while any(len(mine[t]) < self.want[t] for t in topics):
+                seen = self.enqueued
+                if not self._dequeue_round(consumer, mine, topics):
+                    self._wait_for_enqueue(seen, c)
+            for t in topics:  # nothing beyond the expected messages
+                with pytest.raises(QueueEmpty):
+                    consumer.dequeue(t)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.errors.append(exc)
+
+    def _dequeue_round(self, consumer, mine: dict[str, list[str]], topics: list[str]) -> bool:
+        """One dequeue from each topic still short of its messages; False if all were empty."""
+        got_any = False
+        for t in topics:
+            if len(mine[t]) < self.want[t]:
+                try:
+                    mine[t].append(consumer.dequeue(t))
+                    got_any = True
+                except QueueEmpty:
+                    pass
+        return got_any
+
+    def _wait_for_enqueue(self, seen: int, c: int) -> None:
+        if self.errors:
+            raise RuntimeError("stopped: another thread failed")
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(f"consumer {c} still waiting: {self.received[c]!r:.200}")
+        with self.progress:
+            self.progress.wait_for(lambda: self.enqueued != seen or self.errors, timeout=1.0)
+
+
 def test_assignment1_workload(broker: BrokerProcess) -> None:
     """5 producers and 3 consumers at once, every message checked (about 15,000 requests)."""
     if broker.db_url.startswith("sqlite") and postgres_available() is None:
         pytest.skip("the workload runs once per test run: on PostgreSQL when it is available")
     workload = _load_workload()
     assert sum(len(v) for v in workload.values()) == 4965
-    expected: dict[str, list[tuple[int, str]]] = {t: [] for t in ("T-1", "T-2", "T-3")}
-    for n, items in workload.items():
-        for t, msg in items:
-            expected[t].append((n, msg))
+    expected = _expected(workload)
     assert {t: len(v) for t, v in expected.items()} == {"T-1": 1821, "T-2": 2317, "T-3": 827}
     # A message identifies its producer on its topic (the data's documented property).
     owner = {(t, msg): n for t, pairs in expected.items() for n, msg in pairs}
@@ -213,68 +297,14 @@ def test_assignment1_workload(broker: BrokerProcess) -> None:
     q = MyQueue(f"127.0.0.1:{broker.port}")  # no scheme, as the course's clients did
     for t in expected:
         q.createTopic(t)
-    received: dict[int, dict[str, list[str]]] = {c: {t: [] for t in ts}
-                                                 for c, ts in CONSUMER_TOPICS.items()}
-    errors: list[BaseException] = []
-    deadline = time.monotonic() + 60
-    # Consumers that found every queue empty wait for the next acknowledged enqueue instead
-    # of polling the broker (an Event-style wake-up, not a sleep).
-    progress = threading.Condition()
-    enqueued = [0]
-
-    def produce(n: int) -> None:
-        try:
-            producer = q.createProducer(PRODUCER_TOPICS[n])
-            for t, msg in workload[n]:
-                producer.enqueue(msg, t)
-                with progress:
-                    enqueued[0] += 1
-                    progress.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            with progress:
-                progress.notify_all()
-
-    def consume(c: int) -> None:
-        try:
-            topics = CONSUMER_TOPICS[c]
-            consumer = q.createConsumer(topics)
-            want = {t: len(expected[t]) for t in topics}
-            while any(len(received[c][t]) < want[t] for t in topics):
-                idle = True
-                seen = enqueued[0]
-                for t in topics:
-                    if len(received[c][t]) < want[t]:
-                        try:
-                            received[c][t].append(consumer.dequeue(t))
-                            idle = False
-                        except QueueEmpty:
-                            pass
-                if idle:
-                    if errors or time.monotonic() > deadline:
-                        return
-                    with progress:
-                        progress.wait_for(lambda s=seen: enqueued[0] != s or errors, timeout=1.0)
-            for t in topics:  # nothing beyond the expected messages
-                with pytest.raises(QueueEmpty):
-                    consumer.dequeue(t)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=consume, args=(c,)) for c in CONSUMER_TOPICS]
-    threads += [threading.Thread(target=produce, args=(n,)) for n in PRODUCER_TOPICS]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(90)
-    assert not errors, errors
-    assert not any(th.is_alive() for th in threads)
+    run = _Workload(q, workload, expected)
+    run.run()
 
     for c, topics in CONSUMER_TOPICS.items():
-        assert sum(len(received[c][t]) for t in topics) == {1: 4965, 2: 2648, 3: 2648}[c]
+        received = run.received[c]
+        assert sum(len(received[t]) for t in topics) == {1: 4965, 2: 2648, 3: 2648}[c]
         for t in topics:
-            got = received[c][t]
+            got = received[t]
             # Completeness: exactly the expected multiset.
             assert Counter(got) == Counter(msg for _, msg in expected[t])
             # Per-producer order: each producer's messages in its file's order.
@@ -282,6 +312,6 @@ def test_assignment1_workload(broker: BrokerProcess) -> None:
                 mine = [m for m in got if owner[(t, m)] == n]
                 assert mine == [msg for p, msg in expected[t] if p == n]
             # Every consumer sees the topic in the same (the log's) order.
-            assert got == received[1][t]
+            assert got == run.received[1][t]
     assert set(q.get_all_topics()) >= {"T-1", "T-2", "T-3"}
     q.close()

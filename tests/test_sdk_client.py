@@ -54,6 +54,11 @@ def test_url_parsing() -> None:
     assert parse_urls(["a:1", "http://b:2/"]) == ("http://a:1", "http://b:2")
     with pytest.raises(ValueError):
         parse_urls("")
+    for bad in ("http//127.0.0.1:5000", "ftp://h:1", "h:port", " "):
+        with pytest.raises(ValueError, match="not a broker url"):
+            normalize_url(bad)
+    with pytest.raises(ValueError, match="not a broker url"):
+        Client("127.0.0.1:5000,http//127.0.0.1:5001")
 
 
 def test_error_mapping() -> None:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import uuid
@@ -84,10 +85,8 @@ class DroppingProxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -123,6 +122,23 @@ def test_lost_answer_is_retried_and_appended_once(sqlite_broker: BrokerProcess,
         proxy.close()
 
 
+def _produce(client: Client, topic: str, total: int, sent: list[str],
+             errors: list[BaseException]) -> None:
+    """``total`` sends, every third a batch of two; what was acknowledged goes to ``sent``."""
+    try:
+        producer = client.producer()
+        for i in range(total):
+            msg = f"msg {i}"
+            if i % 3 == 0:
+                producer.send_many(topic, [msg + "a", msg + "b"])
+                sent.extend([msg + "a", msg + "b"])
+            else:
+                producer.send(topic, msg)
+                sent.append(msg)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+        errors.append(exc)
+
+
 def test_failover_between_two_brokers(pg_url: str,
                                       start_broker: Callable[..., BrokerProcess],
                                       tmp_path: Path) -> None:
@@ -138,20 +154,6 @@ def test_failover_between_two_brokers(pg_url: str,
     client.create_topic(topic)
     assert client.transport.url == first.url
 
-    def produce() -> None:
-        try:
-            producer = client.producer()
-            for i in range(total):
-                msg = f"msg {i}"
-                if i % 3 == 0:
-                    producer.send_many(topic, [msg + "a", msg + "b"])
-                    sent.extend([msg + "a", msg + "b"])
-                else:
-                    producer.send(topic, msg)
-                    sent.append(msg)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
     def consume() -> None:
         try:
             consumer = client.consumer(name="failover")
@@ -161,10 +163,11 @@ def test_failover_between_two_brokers(pg_url: str,
                     break  # the stream commits up to, not including, the message in hand
             if received:
                 consumer.commit(topic, received[-1].offset + 1)  # done with it too
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    threads = [threading.Thread(target=_produce, args=(client, topic, total, sent, errors)),
+               threading.Thread(target=consume)]
     for th in threads:
         th.start()
     # Kill the broker both threads are using while they are mid-stream.

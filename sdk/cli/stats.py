@@ -1,0 +1,75 @@
+"""`lq stats`: each topic's messages, consumers and largest lag, once or redrawn in place."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from sdk.cli.options import (
+    CONTEXT,
+    client_options,
+    handle_errors,
+    make_client,
+    on_sigterm_raise_interrupt,
+    table,
+)
+from sdk.client import Client
+
+
+@click.command("stats", context_settings=CONTEXT, epilog="""\b
+Examples:
+  lq stats                          # one table: topic, messages, consumers, largest lag
+  lq stats --watch                  # redraw every 2 s until Ctrl-C
+  lq stats --watch --interval 0.5
+  lq stats --json | jq '.[] | select(.max_lag > 10000) | .topic'
+""")
+@click.option("-w", "--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
+@client_options
+@click.pass_context
+@handle_errors
+def stats_command(ctx: click.Context, watch: bool, interval: float, as_json: bool) -> None:
+    """Show each topic's messages, consumers and largest consumer lag."""
+    client = make_client(ctx)
+    if not watch:
+        click.echo(_stats_text(client, as_json))
+        return
+    on_sigterm_raise_interrupt()
+    in_place = sys.stdout.isatty() and not as_json
+    if in_place:
+        click.echo("\x1b[H\x1b[2J", nl=False)
+    try:
+        while True:
+            _draw(client, as_json, in_place)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if in_place:
+            click.echo()
+
+
+def _draw(client: Client, as_json: bool, in_place: bool) -> None:
+    text = _stats_text(client, as_json)
+    if in_place:  # home, draw, clear what is left of the previous table
+        stamp = time.strftime("%H:%M:%S")
+        click.echo(f"\x1b[H{stamp}  {client.transport.url}  (Ctrl-C to stop)\x1b[K\n"
+                   + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J", nl=False)
+    else:
+        click.echo(text + ("" if as_json else "\n"))
+
+
+def _stats_text(client: Client, as_json: bool) -> str:
+    stats = client.stats()
+    if as_json:
+        return json.dumps([{"topic": t.topic, "messages": t.messages,
+                            "first_offset": t.first_offset, "next_offset": t.next_offset,
+                            "consumers": t.consumers,
+                            "max_lag": t.max_lag if t.consumers else 0} for t in stats])
+    rows = [("TOPIC", "MESSAGES", "CONSUMERS", "MAX_LAG")] + [
+        (t.topic, str(t.messages), str(t.consumers), str(t.max_lag) if t.consumers else "-")
+        for t in stats]
+    return "\n".join(table(rows, right=(1, 2, 3))) if stats else "(no topics)"
