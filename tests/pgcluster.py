@@ -41,6 +41,15 @@ def unavailable() -> str | None:
     return None
 
 
+def workdir() -> Path:
+    """A new temp folder the clusters' OS user owns (remove it with shutil.rmtree)."""
+    base = Path(tempfile.mkdtemp(prefix="lq-pg-"))
+    ids = _uid(OS_USER) if os.geteuid() == 0 else None
+    if ids:
+        os.chown(base, *ids)
+    return base
+
+
 def _uid(user: str) -> tuple[int, int] | None:
     import pwd
 
@@ -75,6 +84,15 @@ class Node:
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "(none)"
+
+    def init(self, **settings: Any) -> None:
+        """initdb a fresh cluster (trust auth, user postgres) with ``settings`` on top of
+        those every node here has: TCP on 127.0.0.1 at its port, sockets in the folder."""
+        self.run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                 "--no-instructions", "--no-sync")
+        self.configure(listen_addresses="127.0.0.1", port=self.port,
+                       unix_socket_directories=str(self.base), max_connections=120,
+                       shared_buffers="64MB", **settings)
 
     def configure(self, **settings: Any) -> None:
         """Append settings to postgresql.conf (the last line for a name wins)."""
@@ -144,10 +162,7 @@ class Pair:
     """
 
     def __init__(self, synchronous: bool = True, dbname: str = "lq") -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="lq-pg-"))
-        ids = _uid(OS_USER) if os.geteuid() == 0 else None
-        if ids:
-            os.chown(self.base, *ids)
+        self.base = workdir()
         self.primary = Node(self.base, "primary")
         self.standby = Node(self.base, "standby")
         self.synchronous = synchronous
@@ -156,14 +171,10 @@ class Pair:
                     f"127.0.0.1:{self.standby.port}/{dbname}?target_session_attrs=read-write")
 
     def start(self) -> Pair:
-        common = {"listen_addresses": "127.0.0.1", "unix_socket_directories": str(self.base),
-                  "max_connections": 120, "shared_buffers": "64MB", "wal_level": "replica",
-                  "max_wal_senders": 4, "hot_standby": "on", "synchronous_commit": "on"}
         primary, standby = self.primary, self.standby
-        primary.run("initdb", "-D", str(primary.data), "-U", "postgres", "-A", "trust",
-                    "-E", "UTF8", "--no-instructions", "--no-sync")
-        primary.configure(**common, port=primary.port, cluster_name="primary",
-                          synchronous_standby_names=STANDBY_NAME if self.synchronous else "")
+        primary.init(wal_level="replica", max_wal_senders=4, hot_standby="on",
+                     synchronous_commit="on", cluster_name="primary",
+                     synchronous_standby_names=STANDBY_NAME if self.synchronous else "")
         primary.start()
         standby.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U",
                     "postgres", "-D", str(standby.data), "-R", "-X", "stream", "-c", "fast")
