@@ -70,6 +70,7 @@ class Node:
         self.log = base / f"{name}.log"
         self.port = free_port()
         self._children: list[int] = []
+        self._frozen: list[int] = []
 
     # --- running the tools ---------------------------------------------------------------------
     def run(self, tool: str, *args: str, timeout: float = 60) -> str:
@@ -106,6 +107,7 @@ class Node:
 
     def stop(self) -> None:
         """Stop at once if running (teardown: nothing to keep), then end stray children."""
+        self.thaw()
         if (self.data / "postmaster.pid").exists() and self._alive(self.postmaster_pid()):
             try:
                 self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
@@ -128,6 +130,21 @@ class Node:
         pid = self.postmaster_pid()
         self._children = [child for child in _pids() if _ppid(child) == pid]
         os.kill(pid, signal.SIGKILL)
+
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and all its children: a server that stops answering but
+        whose connections stay open, as with a stalled disk, a paused VM, or (until TCP gives
+        up) a network partition."""
+        pid = self.postmaster_pid()
+        self._frozen = [pid, *(child for child in _pids() if _ppid(child) == pid)]
+        for frozen in self._frozen:
+            os.kill(frozen, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._frozen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        self._frozen = []
 
     @staticmethod
     def _alive(pid: int) -> bool:
