@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import metrics, retention, store
+from . import dburl, metrics, retention, store
 from .api import bp, failure
 from .errors import BrokerError, TooLarge, Unauthorized
 from .web import is_public, web
@@ -40,9 +40,11 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
 
 
 def database_url(url: str | None) -> str:
-    """An absolute SQLAlchemy URL: none is ./logqueue.db, a bare path is a SQLite file."""
+    """An absolute SQLAlchemy URL: none is ./logqueue.db, a bare path is a SQLite file, and
+    libpq's multi-host form becomes SQLAlchemy's."""
     if not url:
         return f"sqlite:///{Path.cwd() / 'logqueue.db'}"
+    url = dburl.normalize(url)
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):  # psycopg2 is the driver we ship
             return "postgresql+psycopg2://" + url[len(prefix):]

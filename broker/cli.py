@@ -7,7 +7,8 @@ import sys
 from typing import Any
 
 import click
-from sqlalchemy.engine import make_url
+
+from .dburl import displayed, host_count, standby_warning
 
 EXAMPLES = """\b
 Examples:
@@ -40,10 +41,6 @@ def _prepare_multiprocess_metrics() -> str | None:
     path = tempfile.mkdtemp(prefix="lq-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
-
-
-def _safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @click.command("broker", epilog=EXAMPLES)
@@ -93,14 +90,15 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
                               "LQ_MAX_MESSAGE_BYTES": max_message_bytes}
     try:
         app = create_app(config)
-    except Exception as exc:  # a malformed URL or a missing driver: one line, no traceback
-        raise click.ClickException(f"cannot use the database URL {db_url!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver: one line
+        raise click.ClickException(f"cannot use the database URL {displayed(db_url)}: {exc}"
+                                   ) from None
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     with app.app_context():
         try:
             create_schema(db.engine)
         except Unavailable as exc:
-            raise click.ClickException(f"cannot use the database {_safe_url(url)}: {exc}") from None
+            raise click.ClickException(f"cannot use the database {displayed(url)}: {exc}") from None
         if workers is None:
             workers = 1 if db.engine.dialect.name == "sqlite" else 2
         limit = max_connections(db.engine)
@@ -108,12 +106,15 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
         if limit is not None and needed > limit:
             click.echo(f"lq broker: warning: {workers} workers x {threads} threads may open "
                        f"{needed} connections; the database allows {limit}", err=True)
+        warning = standby_warning(db.engine, host_count(url))
+        if warning:
+            click.echo(f"lq broker: warning: {warning}", err=True)
         db.engine.dispose()  # no connection crosses the fork into the workers
 
     mode = ("Flask development server" if dev
             else f"gunicorn, {workers} worker(s) x {threads} threads")
     banner = (f"LogQueue broker listening on http://{host}:{port} "
-              f"(database: {_safe_url(url)}; {mode}; auth: {'token' if token else 'off'})")
+              f"(database: {displayed(url)}; {mode}; auth: {'token' if token else 'off'})")
     if dev:
         click.echo(banner, err=True)
         app.run(host=host, port=port, threaded=True, use_reloader=False)

@@ -1,0 +1,151 @@
+"""Database URLs as users write them, turned into what SQLAlchemy and psycopg2 accept.
+
+libpq takes several hosts in one URL (`postgresql://u@db1:5432,db2:5432/lq?
+target_session_attrs=read-write`) and tries them in order; SQLAlchemy's URL parser reads
+`db1:5432,db2:5432` as one host and dies on the port. SQLAlchemy's own multi-host form puts
+the hosts in the query (`?host=db1,db2&port=5432,5432`), which its psycopg2 dialect hands to
+libpq as `host=db1,db2 port=5432,5432`: the same connection, so libpq's URL is rewritten to
+that. Every other URL passes through unchanged.
+
+Also here: a URL fit to print (password hidden, whatever its form), and the start-up check
+that a multi-host URL has a synchronous standby behind it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, unquote
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+_POSTGRES = re.compile(r"^(postgres|postgresql)(\+\w+)?://", re.IGNORECASE)
+_PASSWORD = re.compile(r"^(\w[\w+.-]*://[^:/@]*:)[^@]*@")
+_IPV6_HOST = re.compile(r"^\[([^\]]*)\](?::(\d*))?$")
+_HOST = re.compile(r"^([^:]*)(?::(\d*))?$")
+
+
+def normalize(url: str) -> str:
+    """A PostgreSQL URL with several hosts in libpq's form, in SQLAlchemy's; others as given.
+
+    Raises ValueError for a multi-host URL SQLAlchemy could not take either (a bad port,
+    hosts both in the authority and in `?host=`).
+    """
+    match = _POSTGRES.match(url)
+    if not match:
+        return url
+    rest = url[match.end():]
+    authority, slash, tail = _split_authority(rest)
+    userinfo, _, hostlist = authority.rpartition("@")
+    if "," not in hostlist:
+        return url  # one host (or none): SQLAlchemy reads libpq's form as it is
+    path, _, query = tail.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    if any(key in ("host", "hostaddr", "port") for key, _ in params):
+        raise ValueError("give the hosts either as host1:port1,host2:port2 or in ?host=, "
+                         "not both")
+    hosts, ports = zip(*(_host_port(entry) for entry in hostlist.split(",")), strict=True)
+    extra: dict[str, str | list[str]] = {"host": ",".join(hosts)}
+    if any(ports):
+        extra["port"] = ",".join(ports)
+    user, has_password, password = userinfo.partition(":")
+    return URL.create(
+        "postgresql" + (match.group(2) or ""),
+        username=unquote(user) or None,
+        password=unquote(password) if has_password else None,
+        database=unquote(path) if slash and path else None,
+        query={**_grouped(params), **extra},
+    ).render_as_string(hide_password=False)
+
+
+def host_count(url: str) -> int:
+    """How many database hosts a (normalized) URL names; 0 for SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return 0
+    hosts = parsed.query.get("host")
+    if hosts is None:
+        return 1
+    entries = [hosts] if isinstance(hosts, str) else list(hosts)
+    return sum(len(entry.split(",")) for entry in entries)
+
+
+def displayed(url: str | None) -> str:
+    """``url`` with its password replaced by ***, parseable or not, its query unescaped (for
+    people: logs and errors)."""
+    if not url:
+        return repr(url)
+    try:
+        return unquote(make_url(url).render_as_string(hide_password=True))
+    except Exception:  # noqa: BLE001 - any URL SQLAlchemy refuses: mask by pattern instead
+        return _PASSWORD.sub(r"\1***@", url)
+
+
+def standby_warning(engine: Engine, hosts: int) -> str | None:
+    """Why writes acknowledged by this primary could be lost at a failover, or None.
+
+    Only for a URL naming several hosts (a failover is planned): without a synchronous
+    standby a commit is acknowledged once it is on the primary alone. Read-only checks:
+    `synchronous_standby_names` and `synchronous_commit` as this role sees them, and
+    whether a standby is attached as `sync`/`quorum` now (when the role may see that).
+    """
+    if hosts < 2 or engine.dialect.name != "postgresql":
+        return None
+    try:
+        with engine.connect() as conn:
+            names = conn.execute(text("SHOW synchronous_standby_names")).scalar_one()
+            commit = conn.execute(text("SHOW synchronous_commit")).scalar_one()
+            states = conn.execute(text("SELECT sync_state FROM pg_stat_replication")).scalars()
+            attached = [state for state in states if state is not None]
+    except SQLAlchemyError as exc:
+        return f"cannot tell whether the database has a synchronous standby: {exc}"
+    if not names.strip():
+        return (f"the URL names {hosts} database hosts but the primary has no synchronous "
+                "standby (synchronous_standby_names is empty): a write acknowledged just "
+                "before a failover can be lost; see docs/operations.md")
+    if commit in ("off", "local"):
+        return (f"synchronous_commit is {commit!r}: commits do not wait for the standby, so a "
+                "write acknowledged just before a failover can be lost")
+    if attached and not any(state in ("sync", "quorum") for state in attached):
+        return (f"synchronous_standby_names is {names!r} but no attached standby is "
+                "synchronous: commits wait until one is")
+    return None
+
+
+def _split_authority(rest: str) -> tuple[str, str, str]:
+    """(authority, '/' or '', path and query) of what follows `scheme://`."""
+    end = len(rest)
+    for sep in "/?":
+        found = rest.find(sep)
+        if found != -1:
+            end = min(end, found)
+    authority, tail = rest[:end], rest[end:]
+    if tail.startswith("/"):
+        return authority, "/", tail[1:]
+    return authority, "", tail
+
+
+def _host_port(entry: str) -> tuple[str, str]:
+    """One `host[:port]` (or `[v6]:port`) of libpq's host list, percent-decoded."""
+    match = _IPV6_HOST.match(entry) or _HOST.match(entry)
+    if not match:
+        raise ValueError(f"cannot read the host {entry!r} of the database URL")
+    host, port = unquote(match.group(1)), match.group(2) or ""
+    if not host:
+        raise ValueError("an empty host in the database URL's host list")
+    if port and not 0 < int(port) < 65536:
+        raise ValueError(f"the port {port} of the database URL is out of range")
+    return host, port
+
+
+def _grouped(params: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """Query pairs as URL.create takes them: a repeated key becomes a list."""
+    grouped: dict[str, str | list[str]] = {}
+    for key, value in params:
+        if key in grouped:
+            previous = grouped[key]
+            grouped[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            grouped[key] = value
+    return grouped
