@@ -25,6 +25,7 @@ import os
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
@@ -39,7 +40,7 @@ from harness import broker, pg_database
 from sdk import Client
 from sdk.client import _messages as sdk_messages
 
-ROUNDS = 3
+ROUNDS = 5
 PAYLOAD = json.dumps({"ts": "2026-01-01T12:00:00.000000+00:00", "level": "INFO",
                       "logger": "shop.orders", "message": "order 1 created " + "x" * 190})
 
@@ -76,23 +77,39 @@ def worker_pid(url: str) -> int:
     return workers[0]
 
 
-def timed(fn: Callable[[], object], calls: int, pid: int | None = None) -> Sample:
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    fn: Callable[[], object]
+    calls: int
+    pid: int | None = None  # the broker worker to charge CPU to, for HTTP layers
+
+
+def one_round(layer: Layer) -> tuple[float, float, float]:
+    broker_start = process_cpu(layer.pid) if layer.pid else 0.0
+    cpu_start, start = time.process_time(), time.perf_counter()
+    for _ in range(layer.calls):
+        layer.fn()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    broker_cpu = process_cpu(layer.pid) - broker_start if layer.pid else 0.0
+    return tuple(x / layer.calls * 1e6 for x in (wall, cpu, broker_cpu))
+
+
+def run_layers(layers: list[Layer]) -> list[tuple[str, Sample]]:
     """Per call: wall, this process's CPU and the broker worker's CPU; each the median of
-    ROUNDS rounds (after a few warm-up calls)."""
-    for _ in range(min(calls, 20)):
-        fn()
-    walls, cpus, brokers = [], [], []
+    ROUNDS rounds. The rounds interleave the layers, so all see the same machine load."""
+    for layer in layers:
+        for _ in range(min(layer.calls, 20)):  # warm-up
+            layer.fn()
+    rounds: list[list[tuple[float, float, float]]] = [[] for _ in layers]
     for _ in range(ROUNDS):
-        broker_start = process_cpu(pid) if pid else 0.0
-        cpu_start, start = time.process_time(), time.perf_counter()
-        for _ in range(calls):
-            fn()
-        walls.append((time.perf_counter() - start) / calls * 1e6)
-        cpus.append((time.process_time() - cpu_start) / calls * 1e6)
-        if pid:
-            brokers.append((process_cpu(pid) - broker_start) / calls * 1e6)
-    return Sample(statistics.median(walls), statistics.median(cpus),
-                  statistics.median(brokers) if brokers else None)
+        for layer, results in zip(layers, rounds, strict=True):
+            results.append(one_round(layer))
+    rows = []
+    for layer, results in zip(layers, rounds, strict=True):
+        wall, cpu, broker_cpu = (statistics.median(r[i] for r in results) for i in range(3))
+        rows.append((layer.name, Sample(wall, cpu, broker_cpu if layer.pid else None)))
+    return rows
 
 
 def report(rows: list[tuple[str, Sample]], unit: str, title: str) -> None:
@@ -106,45 +123,82 @@ def report(rows: list[tuple[str, Sample]], unit: str, title: str) -> None:
 
 
 # --- the database alone ----------------------------------------------------------------------
+APPEND_STATEMENTS = [  # what Store._append_group sends for one message with a seq
+    ("SELECT next_offset FROM lq_topics WHERE id = %(t)s FOR UPDATE", False),
+    ("SELECT id, last_seq, last_first, last_last FROM lq_producers "
+     "WHERE topic_id = %(t)s AND id IN (%(p)s)", False),
+    ("INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) "
+     "VALUES (%(t)s, %(o)s, %(b)s, 0)", True),
+    ("UPDATE lq_topics SET next_offset = %(o)s + 1 WHERE id = %(t)s", True),
+    ("UPDATE lq_producers SET last_seq = %(s)s, last_first = %(o)s, last_last = %(o)s "
+     "WHERE id = %(p)s", True),
+]
+#: The same work in one statement (no duplicate check: the round-trip cost only).
+APPEND_ONE_STATEMENT = (
+    "WITH c AS (UPDATE lq_topics SET next_offset = next_offset + 1 WHERE id = %(t)s "
+    "           RETURNING next_offset - 1 AS o), "
+    "p AS (UPDATE lq_producers SET last_seq = %(s)s, last_first = (SELECT o FROM c), "
+    "      last_last = (SELECT o FROM c) WHERE id = %(p)s RETURNING id) "
+    "INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) "
+    "SELECT %(t)s, c.o, %(b)s, 0 FROM c, p")
+
+
+def append_by_hand(cur, conn, one_statement: bool) -> Callable[[], None]:
+    """psycopg2 on the broker's own tables: a topic and a producer of their own."""
+    cur.execute("INSERT INTO lq_topics (name, next_offset, first_offset, created_us) "
+                "VALUES (%s, 0, 0, 0) RETURNING id", (f"by-hand-{one_statement}",))
+    topic = cur.fetchone()[0]
+    producer = topic * 1000 + 7
+    cur.execute("INSERT INTO lq_producers (id, topic_id, created_us) VALUES (%s, %s, 0)",
+                (producer, topic))
+    conn.commit()
+    state = {"t": topic, "p": producer, "s": 0, "o": 0, "b": PAYLOAD}
+
+    def append() -> None:
+        state["s"] += 1
+        if one_statement:
+            cur.execute(APPEND_ONE_STATEMENT, state)
+        else:
+            for sql, _writes in APPEND_STATEMENTS:
+                cur.execute(sql, state)
+            state["o"] += 1
+        conn.commit()
+
+    return append
+
+
 def database_layers(db: str | None, calls: int) -> list[tuple[str, Sample]]:
     if not db or not db.startswith("postgres"):
         return []
     import psycopg2
 
-    rows = []
     with closing(psycopg2.connect(db)) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE scratch (id BIGSERIAL PRIMARY KEY, body TEXT, ts_us BIGINT)")
         conn.commit()
 
-        def insert() -> None:
-            cur.execute("INSERT INTO scratch (body, ts_us) VALUES (%s, 0)", (PAYLOAD,))
-            conn.commit()
+        def run(*statements: str) -> Callable[[], None]:
+            def step() -> None:
+                for sql in statements:
+                    cur.execute(sql, (PAYLOAD,) if "%s" in sql else None)
+                conn.commit()
+            return step
 
-        def notify() -> None:
-            cur.execute("SELECT pg_notify('lq_bench', '1')")
-            conn.commit()
-
-        def insert_notify() -> None:
-            cur.execute("INSERT INTO scratch (body, ts_us) VALUES (%s, 0)", (PAYLOAD,))
-            cur.execute("SELECT pg_notify('lq_bench', '1')")
-            conn.commit()
-
-        def insert_then_notify() -> None:
-            insert()
-            notify()
-
-        conn.autocommit = False
-        rows.append(("PostgreSQL: INSERT + COMMIT (psycopg2)", timed(insert, calls)))
-        rows.append(("PostgreSQL: SELECT pg_notify + COMMIT (a NOTIFY transaction alone)",
-                     timed(notify, calls)))
-        rows.append(("PostgreSQL: INSERT + COMMIT, then NOTIFY + COMMIT (two transactions)",
-                     timed(insert_then_notify, calls)))
-        rows.append(("PostgreSQL: INSERT + NOTIFY + COMMIT (one transaction)",
-                     timed(insert_notify, calls)))
-        conn.autocommit = True
-        rows.append(("PostgreSQL: SELECT 1 (a round trip, no commit)",
-                     timed(lambda: cur.execute("SELECT 1"), calls)))
-    return rows
+        insert = "INSERT INTO scratch (body, ts_us) VALUES (%s, 0)"
+        notify = "SELECT pg_notify('lq_bench', '1')"
+        layers = [
+            Layer("PostgreSQL: SELECT 1 + COMMIT (two round trips, nothing to fsync)",
+                  run("SELECT 1"), calls),
+            Layer("PostgreSQL: INSERT + COMMIT (psycopg2)", run(insert), calls),
+            Layer("PostgreSQL: SELECT pg_notify + COMMIT (a NOTIFY transaction alone)",
+                  run(notify), calls),
+            Layer("PostgreSQL: INSERT + NOTIFY + COMMIT (one transaction)",
+                  run(insert, notify), calls),
+            Layer("PostgreSQL: the store's 5 append statements + COMMIT (6 round trips)",
+                  append_by_hand(cur, conn, False), calls),
+            Layer("PostgreSQL: the same append as one statement + COMMIT (2 round trips)",
+                  append_by_hand(cur, conn, True), calls),
+        ]
+        return run_layers(layers)
 
 
 # --- path 1: one message per round trip ------------------------------------------------------
@@ -154,18 +208,31 @@ def produce_body(pid: int, seqs: itertools.count, topic: str) -> bytes:
 
 
 def http_client_post(url: str, nodelay: bool) -> Callable[[bytes], None]:
-    """http.client on one kept-alive connection; TCP_NODELAY as asked (http.client leaves
-    Nagle on; it sends the headers and a bytes body in one write)."""
+    """http.client on one kept-alive connection, TCP_NODELAY as asked. (Python 3.11's
+    http.client writes the headers and the body in two sends: with Nagle on, the body waits
+    for the ACK of the headers, which the server delays.)"""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port))
-    conn.connect()
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(nodelay))
     headers = {"Content-Type": "application/json"}
 
+    def connect() -> None:
+        conn.close()
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(nodelay))
+
     def post(body: bytes) -> None:
-        conn.request("POST", "/producer/produce", body, headers)
-        response = conn.getresponse()
-        data = response.read()
+        for attempt in (1, 2):  # the server closes a connection idle for 5 s
+            try:
+                if conn.sock is None:
+                    connect()
+                conn.request("POST", "/producer/produce", body, headers)
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                conn.close()
+                if attempt == 2:
+                    raise
         assert response.status == 200, data
 
     return post
@@ -183,43 +250,61 @@ def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str
     seqs = itertools.count(time.time_ns() // 1000)
     session = requests.Session()
     session.trust_env = False
+    pids = [session.post(url + "/producer/register", json={"topic": topic}).json()[
+        "producer_id"] for _ in range(6)]
 
-    def new_pid() -> int:
-        return session.post(url + "/producer/register", json={"topic": topic}).json()[
-            "producer_id"]
-
-    pid_store, pid_flask, pid_http, pid_nagle, pid_req = (new_pid() for _ in range(5))
-
-    def raw_post(producer_id: int, nodelay: bool) -> Callable[[], None]:
-        post = http_client_post(url, nodelay)  # connected now: keep-alive lasts 5 s
-        return lambda: post(produce_body(producer_id, seqs, topic))
+    def post(producer_id: int, nodelay: bool) -> Callable[[], None]:
+        send = http_client_post(url, nodelay)
+        return lambda: send(produce_body(producer_id, seqs, topic))
 
     producer = client.producer([topic])
-    rows = [
-        ("Store.append in-process (group commit; no Flask, no HTTP)",
-         timed(lambda: store.append(topic, AppendRequest(pid_store, [PAYLOAD], next(seqs))),
-               calls)),
-        ("Flask test client POST /producer/produce in-process (no HTTP)",
-         timed(lambda: flask_client.post("/producer/produce",
-                                         data=produce_body(pid_flask, seqs, topic),
-                                         content_type="application/json"), calls)),
-        ("HTTP: GET an unknown path (JSON 404, no database), requests",
-         timed(lambda: session.get(url + "/bench-empty"), calls, pid)),
-        ("HTTP: POST produce, http.client, TCP_NODELAY on",
-         timed(raw_post(pid_http, True), calls, pid)),
-        ("HTTP: POST produce, http.client, TCP_NODELAY off (Nagle)",
-         timed(raw_post(pid_nagle, False), max(calls // 10, 10), pid)),
-        ("HTTP: POST produce, requests.Session (trust_env off)",
-         timed(lambda: session.post(url + "/producer/produce",
-                                    data=produce_body(pid_req, seqs, topic),
-                                    headers={"Content-Type": "application/json"}), calls, pid)),
-        ("SDK: Producer.send", timed(lambda: producer.send(topic, PAYLOAD), calls, pid)),
+    json_headers = {"Content-Type": "application/json"}
+    layers = [
+        Layer("Store.append in-process (group commit; no Flask, no HTTP)",
+              lambda: store.append(topic, AppendRequest(pids[0], [PAYLOAD], next(seqs))), calls),
+        Layer("Store.append in-process, no seq (4 round trips to the database, not 6)",
+              lambda: store.append(topic, AppendRequest(pids[0], [PAYLOAD], None)), calls),
+        Layer("Flask test client: GET an unknown path in-process (JSON 404, no HTTP)",
+              lambda: flask_client.get("/bench-empty"), calls),
+        Layer("Flask test client: POST /producer/produce in-process (no HTTP)",
+              lambda: flask_client.post("/producer/produce", headers=json_headers,
+                                        data=produce_body(pids[1], seqs, topic)), calls),
+        Layer("HTTP: GET an unknown path (JSON 404, no database), requests",
+              lambda: session.get(url + "/bench-empty"), calls, pid),
+        Layer("HTTP: POST produce, http.client, TCP_NODELAY on",
+              post(pids[2], True), calls, pid),
+        Layer("HTTP: POST produce, http.client, TCP_NODELAY off (Nagle)",
+              post(pids[3], False), max(calls // 20, 5), pid),
+        Layer("HTTP: POST produce, requests.Session (trust_env off)",
+              lambda: session.post(url + "/producer/produce", headers=json_headers,
+                                   data=produce_body(pids[4], seqs, topic)), calls, pid),
+        Layer("SDK: Producer.send", lambda: producer.send(topic, PAYLOAD), calls, pid),
     ]
-    client.close()
-    return rows
+    try:
+        return run_layers(layers)
+    finally:
+        client.close()
 
 
 # --- path 2: consume 1,000 + commit ----------------------------------------------------------
+def http_consume_step(url: str, session: requests.Session, topic: str,
+                      decode: bool) -> Callable[[], None]:
+    cid = session.post(url + "/consumer/register", json={"topic": topic}).json()["consumer_id"]
+
+    def step() -> None:
+        reply = session.get(url + "/consumer/fetch",
+                            params={"topic": topic, "consumer_id": cid, "max": 1000})
+        if decode:
+            last = json.loads(reply.content)["messages"][-1]["offset"]
+        else:  # the last offset without decoding: it is near the end of the body
+            tail = reply.content[reply.content.rfind(b'"offset":') + 9:]
+            last = int(tail[:tail.index(b",")])
+        session.post(url + "/consumer/commit",
+                     json={"topic": topic, "consumer_id": cid, "offset": last + 1})
+
+    return step
+
+
 def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[str, Sample]]:
     from broker.app import create_app
     from broker.store import get_store
@@ -234,37 +319,19 @@ def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[
         producer.send_many(topic, [PAYLOAD] * 1000)
     session = requests.Session()
     session.trust_env = False
+    store_cid = client.consumer([topic]).register(topic)
+    flask_cid = client.consumer([topic]).register(topic)
 
-    def new_cid() -> int:
-        return session.post(url + "/consumer/register", json={"topic": topic}).json()[
-            "consumer_id"]
+    def in_store() -> None:
+        batch, _pos = store.fetch(topic, store_cid, 1000)
+        store.commit(topic, store_cid, batch.messages[-1].offset + 1)
 
-    def over_http(cid: int, decode: bool) -> Callable[[], None]:
-        def step() -> None:
-            reply = session.get(url + "/consumer/fetch",
-                                params={"topic": topic, "consumer_id": cid, "max": 1000})
-            last = json.loads(reply.content)["messages"][-1]["offset"] if decode else None
-            if last is None:  # not decoded: the offset is near the end of the body
-                tail = reply.content[reply.content.rfind(b'"offset":') + 9:]
-                last = int(tail[:tail.index(b",")])
-            session.post(url + "/consumer/commit",
-                         json={"topic": topic, "consumer_id": cid, "offset": last + 1})
-        return step
-
-    def in_store(cid: int) -> Callable[[], None]:
-        def step() -> None:
-            batch, _pos = store.fetch(topic, cid, 1000)
-            store.commit(topic, cid, batch.messages[-1].offset + 1)
-        return step
-
-    def in_flask(cid: int) -> Callable[[], None]:
-        def step() -> None:
-            reply = flask_client.get("/consumer/fetch", query_string={
-                "topic": topic, "consumer_id": cid, "max": 1000}).get_json()
-            flask_client.post("/consumer/commit", json={
-                "topic": topic, "consumer_id": cid,
-                "offset": reply["messages"][-1]["offset"] + 1})
-        return step
+    def in_flask() -> None:
+        reply = flask_client.get("/consumer/fetch", query_string={
+            "topic": topic, "consumer_id": flask_cid, "max": 1000}).get_json()
+        flask_client.post("/consumer/commit", json={
+            "topic": topic, "consumer_id": flask_cid,
+            "offset": reply["messages"][-1]["offset"] + 1})
 
     consumer = client.consumer([topic])
 
@@ -272,19 +339,20 @@ def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[
         batch, _pos = consumer.fetch(topic, max=1000)
         consumer.commit(topic, batch[-1].offset + 1)
 
-    rows = [
-        ("PostgreSQL/SQLite in-process: Store.fetch + Store.commit (no Flask, no HTTP)",
-         timed(in_store(new_cid()), batches)),
-        ("Flask test client: GET fetch + POST commit, in-process (no HTTP)",
-         timed(in_flask(new_cid()), batches)),
-        ("HTTP requests: GET fetch (reply not decoded) + POST commit",
-         timed(over_http(new_cid(), False), batches, pid)),
-        ("HTTP requests: GET fetch + json.loads + POST commit",
-         timed(over_http(new_cid(), True), batches, pid)),
-        ("SDK: Consumer.fetch + Consumer.commit", timed(sdk_step, batches, pid)),
+    layers = [
+        Layer("Store.fetch + Store.commit in-process (no Flask, no HTTP)", in_store, batches),
+        Layer("Flask test client: GET fetch + POST commit, in-process (no HTTP)", in_flask,
+              batches),
+        Layer("HTTP requests: GET fetch (reply not decoded) + POST commit",
+              http_consume_step(url, session, topic, False), batches, pid),
+        Layer("HTTP requests: GET fetch + json.loads + POST commit",
+              http_consume_step(url, session, topic, True), batches, pid),
+        Layer("SDK: Consumer.fetch + Consumer.commit", sdk_step, batches, pid),
     ]
-    client.close()
-    return rows
+    try:
+        return run_layers(layers)
+    finally:
+        client.close()
 
 
 def raw_consume_layer(db: str, batches: int) -> list[tuple[str, Sample]]:
@@ -309,8 +377,8 @@ def raw_consume_layer(db: str, batches: int) -> list[tuple[str, Sample]]:
                         (position[0], consumer_id))
             conn.commit()
 
-        return [("PostgreSQL: SELECT 1,000 rows + UPDATE position + COMMIT (psycopg2)",
-                 timed(step, batches))]
+        return run_layers([Layer("PostgreSQL: SELECT 1,000 rows + UPDATE position + COMMIT "
+                                 "(psycopg2)", step, batches)])
 
 
 def reply_costs(calls: int) -> list[tuple[str, Sample]]:
@@ -322,59 +390,59 @@ def reply_costs(calls: int) -> list[tuple[str, Sample]]:
     stamp = time.time_ns() // 1000
     found = [Message(i, PAYLOAD, stamp) for i in range(1000)]
     items = api_messages(found)
-    body = s.FetchedBatch(messages=items, position=0).model_dump_json(exclude_none=True)
-    rows = [
-        ("broker: iso_time x 1,000", timed(lambda: [iso_time(m.ts_us) for m in found], calls)),
-        ("broker: api._messages (dicts, iso_time)", timed(lambda: api_messages(found), calls)),
-        ("broker: FetchedBatch(...).model_dump_json (pydantic)",
-         timed(lambda: s.FetchedBatch(messages=items, position=0).model_dump_json(
-             exclude_none=True), calls)),
-        ("broker: json.dumps of the same dict", timed(
-            lambda: json.dumps({"status": "success", "messages": items, "position": 0}), calls)),
-        ("client: json.loads of the reply", timed(lambda: json.loads(body), calls)),
-        ("client: SDK Message objects (fromisoformat)",
-         timed(lambda: sdk_messages("t", json.loads(body)["messages"]), calls)),
-    ]
-    return rows + optional_json_costs(items, body, calls)
-
-
-def optional_json_costs(items: list[dict], body: str, calls: int) -> list[tuple[str, Sample]]:
-    rows = []
     doc = {"status": "success", "messages": items, "position": 0}
+    body = s.FetchedBatch(messages=items, position=0).model_dump_json(exclude_none=True)
+    layers = [
+        Layer("broker: iso_time x 1,000", lambda: [iso_time(m.ts_us) for m in found], calls),
+        Layer("broker: api._messages (dicts, iso_time)", lambda: api_messages(found), calls),
+        Layer("broker: FetchedBatch(...).model_dump_json (pydantic)",
+              lambda: s.FetchedBatch(messages=items, position=0).model_dump_json(
+                  exclude_none=True), calls),
+        Layer("broker: json.dumps of the same dict", lambda: json.dumps(doc), calls),
+        Layer("client: json.loads of the reply", lambda: json.loads(body), calls),
+        Layer("client: json.loads + the SDK's Message objects (fromisoformat)",
+              lambda: sdk_messages("t", json.loads(body)["messages"]), calls),
+    ]
+    return run_layers(layers + optional_json_layers(doc, body, calls))
+
+
+def optional_json_layers(doc: dict, body: str, calls: int) -> list[Layer]:
+    layers = []
     try:
         import orjson
 
-        rows += [("broker: orjson.dumps", timed(lambda: orjson.dumps(doc), calls)),
-                 ("client: orjson.loads", timed(lambda: orjson.loads(body), calls))]
+        layers += [Layer("broker: orjson.dumps", lambda: orjson.dumps(doc), calls),
+                   Layer("client: orjson.loads", lambda: orjson.loads(body), calls)]
     except ImportError:
         pass
     try:
         import msgspec
 
         encoder, decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
-        rows += [("broker: msgspec encode", timed(lambda: encoder.encode(doc), calls)),
-                 ("client: msgspec decode", timed(lambda: decoder.decode(body), calls))]
+        layers += [Layer("broker: msgspec encode", lambda: encoder.encode(doc), calls),
+                   Layer("client: msgspec decode", lambda: decoder.decode(body), calls)]
     except ImportError:
         pass
-    return rows
+    return layers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=("pg", "sqlite"), default="pg")
-    parser.add_argument("--calls", type=int, default=300, help="calls per single-path layer")
-    parser.add_argument("--batches", type=int, default=20, help="batches per consume layer")
+    parser.add_argument("--calls", type=int, default=200, help="calls per single-path round")
+    parser.add_argument("--batches", type=int, default=10, help="batches per consume round")
     parser.add_argument("--extra-path", help="a directory holding orjson/msgspec to compare")
     args = parser.parse_args()
     if args.extra_path:
         sys.path.append(args.extra_path)
+    print(f"load average before: {os.getloadavg()}")
     with ExitStack() as stack:
         if args.db == "pg":
             db = stack.enter_context(pg_database())
             if db is None:
                 raise SystemExit("no PostgreSQL server answered")
         else:
-            tmp = stack.enter_context(__import__("tempfile").TemporaryDirectory())
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
             db = f"sqlite:///{tmp}/measure.db"
         url = stack.enter_context(broker(db, workers=1))
         pid = worker_pid(url)
@@ -384,7 +452,8 @@ def main() -> None:
         if args.db == "pg":
             rows = raw_consume_layer(db, args.batches) + rows
         report(rows, "µs per batch", f"Path 2 ({args.db}): consume 1,000 + commit")
-    report(reply_costs(args.batches), "µs per batch", "One fetch reply of 1,000 messages")
+    report(reply_costs(args.batches * 5), "µs per batch", "One fetch reply of 1,000 messages")
+    print(f"\nload average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
