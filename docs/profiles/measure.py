@@ -207,7 +207,8 @@ def produce_body(pid: int, seqs: itertools.count, topic: str) -> bytes:
                        "message": PAYLOAD}, separators=(",", ":")).encode()
 
 
-def http_client_post(url: str, nodelay: bool) -> Callable[[bytes], None]:
+def http_client_post(url: str, nodelay: bool,
+                     path: str = "/producer/produce") -> Callable[[bytes | None], None]:
     """http.client on one kept-alive connection, TCP_NODELAY as asked. (Python 3.11's
     http.client writes the headers and the body in two sends: with Nagle on, the body waits
     for the ACK of the headers, which the server delays.)"""
@@ -220,12 +221,12 @@ def http_client_post(url: str, nodelay: bool) -> Callable[[bytes], None]:
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(nodelay))
 
-    def post(body: bytes) -> None:
+    def post(body: bytes | None) -> None:
         for attempt in (1, 2):  # the server closes a connection idle for 5 s
             try:
                 if conn.sock is None:
                     connect()
-                conn.request("POST", "/producer/produce", body, headers)
+                conn.request("GET" if body is None else "POST", path, body, headers)
                 response = conn.getresponse()
                 data = response.read()
                 break
@@ -233,9 +234,31 @@ def http_client_post(url: str, nodelay: bool) -> Callable[[bytes], None]:
                 conn.close()
                 if attempt == 2:
                     raise
-        assert response.status == 200, data
+        assert response.status == (404 if body is None else 200), data
 
     return post
+
+
+def store_statements(store, topic: str, producer_id: int,
+                     seqs: itertools.count) -> Callable[[], None]:
+    """The append's statements through SQLAlchemy as the store sends them, without the
+    group commit and the NOTIFY thread: the cost of SQLAlchemy Core per statement."""
+    from broker import store as st
+
+    topic_id = store.topic_id(topic)
+
+    def step() -> None:
+        seq = next(seqs)
+        with store.engine.connect() as conn, conn.begin():
+            offset = conn.execute(st.LOCK_TOPIC_COUNTER["postgresql"],
+                                  {"topic": topic_id}).scalar()
+            conn.execute(st.SELECT_PRODUCER_SEQS, {"topic": topic_id, "ids": [producer_id]}).all()
+            store._insert_messages(conn, topic_id, 0, [(offset, PAYLOAD)])
+            conn.execute(st.SET_TOPIC_COUNTER, {"next": offset + 1, "topic": topic_id})
+            conn.execute(st.UPDATE_PRODUCER_SEQ, [{"id": producer_id, "seq": seq,
+                                                   "first": offset, "last": offset}])
+
+    return step
 
 
 def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str, Sample]]:
@@ -257,9 +280,20 @@ def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str
         send = http_client_post(url, nodelay)
         return lambda: send(produce_body(producer_id, seqs, topic))
 
+    def empty_get() -> Callable[[], None]:
+        get = http_client_post(url, True, "/bench-empty")
+        return lambda: get(None)
+
     producer = client.producer([topic])
     json_headers = {"Content-Type": "application/json"}
+    quiet = get_store(create_app({"LQ_DATABASE_URL": db_url, "LQ_PRUNE_INTERVAL": 0}))
+    quiet._bridge = None  # the append without its NOTIFY thread
     layers = [
+        Layer("SQLAlchemy: the store's 5 append statements + COMMIT, no group commit",
+              store_statements(store, topic, pids[5], seqs), calls),
+        Layer("Store.append in-process, NOTIFY thread off (group commit; no Flask, no HTTP)",
+              lambda: quiet.append(topic, AppendRequest(pids[5], [PAYLOAD], next(seqs))),
+              calls),
         Layer("Store.append in-process (group commit; no Flask, no HTTP)",
               lambda: store.append(topic, AppendRequest(pids[0], [PAYLOAD], next(seqs))), calls),
         Layer("Store.append in-process, no seq (4 round trips to the database, not 6)",
@@ -271,6 +305,8 @@ def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str
                                         data=produce_body(pids[1], seqs, topic)), calls),
         Layer("HTTP: GET an unknown path (JSON 404, no database), requests",
               lambda: session.get(url + "/bench-empty"), calls, pid),
+        Layer("HTTP: GET an unknown path (JSON 404, no database), http.client",
+              empty_get(), calls, pid),
         Layer("HTTP: POST produce, http.client, TCP_NODELAY on",
               post(pids[2], True), calls, pid),
         Layer("HTTP: POST produce, http.client, TCP_NODELAY off (Nagle)",
