@@ -243,8 +243,14 @@ class Nats(Peer):
     async def _connect(conf: dict[str, Any]):
         import nats
 
-        return await nats.connect(conf["url"], connect_timeout=2, max_reconnect_attempts=0,
-                                  allow_reconnect=False)
+        async def quiet(_error: Exception) -> None:
+            """connect() raises what matters; the default callback prints every retry."""
+
+        # max_reconnect_attempts=0 would retry the first connect forever (nats-py counts only
+        # from 1), so: one retry, soon, then NoServersError.
+        return await nats.connect(conf["url"], connect_timeout=2, max_reconnect_attempts=1,
+                                  reconnect_time_wait=0.2, allow_reconnect=False,
+                                  error_cb=quiet)
 
     @classmethod
     def _admin(cls, conf: dict[str, Any], action: Callable[[Any], Any]) -> Any:
@@ -568,7 +574,7 @@ def run_all(columns: list[Column], runs: int, scale: float) -> dict[tuple[str, s
                     result: float | str = measure(column, case, messages[:counts[case.size]])
                     shown = f"{result:>10,.0f} msg/s"
                 except Exception as exc:  # noqa: BLE001 - a failing peer is shown, not fatal
-                    result = shown = f"n/a ({type(exc).__name__}: {str(exc)[:60]})"
+                    result = shown = f"n/a ({reason(exc)})"
                 cells.setdefault((case.title, column.key), []).append(result)
                 print(f"run {run + 1}/{runs}  {case.title:<42} {column.title:<30} {shown}",
                       file=sys.stderr, flush=True)
@@ -639,6 +645,12 @@ def print_ratios(columns: list[Column], cells: dict) -> None:
         print(f"| {case.title} | " + " | ".join(row) + " |")
 
 
+def reason(exc: BaseException) -> str:
+    """The exception in a table cell: its type, and its message when it has one."""
+    message = str(exc).strip()[:60]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 # --- main ----------------------------------------------------------------------------------
 def check_columns(columns: list[Column]) -> None:
     for column in columns:
@@ -647,7 +659,7 @@ def check_columns(columns: list[Column]) -> None:
         try:
             note = column.peer.check(column.conf)
         except Exception as exc:  # noqa: BLE001 - an unreachable peer is a column of n/a
-            column.unavailable = f"{type(exc).__name__}: {str(exc)[:60]}"
+            column.unavailable = reason(exc)
             continue
         if note:
             column.title += f" ({note})"
