@@ -3,10 +3,11 @@
     pip install --target /tmp/lq-server-candidates granian   # not a dependency
     python docs/profiles/servers.py --extra-path /tmp/lq-server-candidates
 
-One PostgreSQL database; three servers of the same app on it, one process each: ``lq broker``
-(gunicorn, gthread worker), werkzeug's threaded server speaking HTTP/1.1 (a thread keeps its
-kept-alive connection: no hand-off between threads per request), and granian (a Rust HTTP
-server running the WSGI app) when importable. Times an empty request (an unknown path: the
+One PostgreSQL database; servers of the same app on it, one worker process each: ``lq broker``
+(gunicorn, gthread worker), the same gunicorn with the store's NOTIFY thread off, werkzeug's
+threaded server speaking HTTP/1.1 (a thread keeps its kept-alive connection: no hand-off
+between threads per request), and granian (a Rust HTTP server running the WSGI app) when
+importable. Times an empty request (an unknown path: the
 JSON 404) and a one-message produce with ``http.client``, interleaved as in measure.py.
 """
 
@@ -37,6 +38,16 @@ def build_app():
     app = create_app({"LQ_PRUNE_INTERVAL": 0})
     with app.app_context():
         create_schema(db.engine)
+    return app
+
+
+def build_app_without_notify():
+    """The same app with the store's NOTIFY thread off (long-polls from other processes then
+    wait up to a second): what the thread costs a served worker."""
+    from broker.store import get_store
+
+    app = build_app()
+    get_store(app)._bridge = None  # a private hook, for this measurement only
     return app
 
 
@@ -76,6 +87,12 @@ def start_others(db: str, extra_path: str | None) -> list[tuple[str, str, int, s
                                                         str(Path(__file__).parent),
                                                         extra_path])))
     started = []
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    port = free_port()
+    proc = subprocess.Popen([gunicorn, "-k", "gthread", "--threads", "32", "-w", "1", "-b",
+                             f"127.0.0.1:{port}", "--log-level", "warning",
+                             "servers:build_app_without_notify()"], env=env)
+    started.append(("gunicorn gthread, NOTIFY thread off", f"http://127.0.0.1:{port}", proc))
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve-werkzeug", str(port)], env=env)
     started.append(("werkzeug threaded, HTTP/1.1", f"http://127.0.0.1:{port}", proc))
@@ -89,7 +106,7 @@ def start_others(db: str, extra_path: str | None) -> list[tuple[str, str, int, s
     result = []
     for name, url, proc in started:
         wait_until_up(url)
-        pid = proc.pid if "werkzeug" in name else child_pid(proc.pid)
+        pid = proc.pid if "werkzeug" in name else child_pid(proc.pid)  # the worker
         result.append((name, url, pid, proc))
     return result
 
@@ -123,7 +140,7 @@ def main() -> None:
             servers += [(name, u, pid) for name, u, pid, _ in others]
             layers = [layer for s in servers for layer in layers_for(*s, args.calls)]
             report(run_layers(layers), "µs per call",
-                   "One app, one database, three servers (http.client, TCP_NODELAY on)")
+                   "One app, one database, several servers (http.client, TCP_NODELAY on)")
         finally:
             for *_, proc in others:
                 proc.terminate()
