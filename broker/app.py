@@ -32,9 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "LQ_RETENTION_MS": None,  # broker-wide default for topics without their own
     "LQ_CONSUMER_TTL_MS": None,  # expire unnamed consumers idle this long (None: never)
     "LQ_PRUNE_INTERVAL": 5.0,  # seconds between retention rounds; 0 turns pruning off
+    # The longest a long-poll waits for a wake-up before it reads the database again.
+    "LQ_RECHECK_INTERVAL": 1.0,
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
 }
-ENVIRONMENT = ("LQ_DATABASE_URL", "LQ_TOKEN")
+ENVIRONMENT = ("LQ_DATABASE_URL", "LQ_TOKEN", "LQ_RECHECK_INTERVAL")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
               405: "method_not_allowed", 413: "too_large"}
 

@@ -18,7 +18,7 @@ from gunicorn import util
 from lqhttp import DIALECTS, Api, unique_topic
 from support import BrokerProcess
 
-from broker.serving import _json_error, _StatusLine
+from broker.serving import StatusLine, json_error
 
 MiB = 1024 * 1024
 
@@ -398,13 +398,13 @@ def test_http_gunicorn_refuses_is_a_json_failure(broker: BrokerProcess, request_
 
 def test_the_worker_reads_the_status_gunicorn_picks() -> None:
     """The JSON answer keeps gunicorn's status: it is read from gunicorn's own error writer."""
-    seen = _StatusLine()
+    seen = StatusLine()
     util.write_error(seen, 431, "Request Header Fields Too Large", "<p>ignored</p>")
     assert (seen.status, seen.reason) == (431, "Request Header Fields Too Large")
 
 
 def test_an_error_gunicorn_did_not_answer_is_a_json_500() -> None:
-    head, _, body = _json_error(0, "", RuntimeError("a bug")).partition(b"\r\n\r\n")
+    head, _, body = json_error(0, "", RuntimeError("a bug")).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert json.loads(body) == {"status": "failure", "error": "internal",
                                 "message": "internal error (a bug): see the broker's log"}
