@@ -5,7 +5,8 @@ wake-up to every other broker process on the same database. NOTIFY goes out from
 short transaction (inside the append it cost throughput), throttled per topic on the
 trailing edge: one round at most every few milliseconds, and always one after the last
 append. One LISTEN connection per process, opened lazily by the first long-poll (after any
-fork). A notification is only a hint: waiters re-check the database every re-check interval
+fork), which waits (briefly) until it listens: from then on no append is missed. A
+notification is only a hint: waiters re-check the database every re-check interval
 (store/consumers.py), so a lost one costs that interval.
 """
 
@@ -27,6 +28,7 @@ log = logging.getLogger("broker.wakeups")
 NOTIFY_THROTTLE_SECONDS = 0.005
 RECONNECT_SECONDS = 1.0
 LISTEN_PROBE_SECONDS = 5.0  # how often a quiet LISTEN connection is checked for life
+LISTEN_READY_SECONDS = 5.0  # the longest the first long-poll waits for LISTEN to be in place
 
 
 class PgWakeupBridge:
@@ -38,6 +40,7 @@ class PgWakeupBridge:
         self._has_pending = threading.Event()
         self._sender: threading.Thread | None = None
         self._listener: threading.Thread | None = None
+        self._listened = threading.Event()  # set once LISTEN first succeeded; never cleared
 
     def appended(self, topic_id: int) -> None:
         """Tell the other processes (soon) that `topic_id` has new messages."""
@@ -48,10 +51,15 @@ class PgWakeupBridge:
         self._has_pending.set()
 
     def ensure_listening(self) -> None:
+        """Start listening, once per process. Until LISTEN first succeeds, callers wait for
+        it (a bounded time), so a waiter's first read of the database is followed by the
+        notification of every append it did not see."""
         if self._listener is None:
             with self._lock:
                 if self._listener is None:
                     self._listener = self._start(self._listen_loop, "lq-listen")
+        if not self._listened.is_set():
+            self._listened.wait(LISTEN_READY_SECONDS)
 
     @staticmethod
     def _start(target: Callable[[], None], name: str) -> threading.Thread:
@@ -90,6 +98,7 @@ class PgWakeupBridge:
             conn.autocommit = True
             with conn.cursor() as cursor:
                 cursor.execute(LISTEN)
+            self._listened.set()
             while True:
                 if select.select([conn], [], [], LISTEN_PROBE_SECONDS)[0]:
                     conn.poll()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ID_LIMIT = 2**53
 ID_FIELDS = ("producer_id", "consumer_id")
@@ -203,3 +204,35 @@ class Api:
             if not batch:
                 return out
             out.extend(batch)
+
+
+# --- /metrics -------------------------------------------------------------------------------
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of the broker's /metrics, by (name, sorted labels)."""
+    response = requests.get(url.rstrip("/") + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def warm_up_long_polls(api: Api) -> None:
+    """One short long-poll: a broker process's first one waits until it LISTENs (PostgreSQL),
+    and a test's waiter that read its topic that late could find a message without being
+    woken."""
+    topic = unique_topic("warm")
+    api.producer(topic)
+    assert api.consume_batch(topic, api.consumer(topic), wait_ms=1) == []
+
+
+def longpoll_waiters(url: str) -> float:
+    """How many requests wait in a long-poll on the broker now (all its workers)."""
+    return metric(scrape(url), "lq_longpoll_waiters")

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import pytest
 import requests
+from lqhttp import Api, longpoll_waiters, warm_up_long_polls
 from support import wait_until
 
 TOPICS = ("alpha", "beta")
@@ -161,20 +162,26 @@ def test_one_consumer_id_through_two_brokers_never_duplicates(pg_url: str, start
 
 
 def test_long_poll_on_a_wakes_for_produce_on_b(pg_url: str, start_broker) -> None:
-    a = start_broker(pg_url, args=["--workers", "1"])
-    b = start_broker(pg_url, args=["--workers", "1"])
+    """Only b's NOTIFY can wake a: a re-checks the database far less often than it waits."""
+    no_recheck = ["--workers", "1", "--recheck-interval", "3600"]
+    a = start_broker(pg_url, args=no_recheck)
+    b = start_broker(pg_url, args=no_recheck)
     topic = "cross-wake"
     Client([a.url]).call("POST", "/topics", topic_name=topic)
     cid = Client([a.url]).call("POST", "/consumer/register", topic=topic)["consumer_id"]
     result: list[dict] = []
     waiter = threading.Thread(target=lambda: result.append(Client([a.url]).call(
-        "GET", "/consumer/consume", topic=topic, consumer_id=cid, wait_ms=20000)))
-    waiter.start()
+        "GET", "/consumer/consume", topic=topic, consumer_id=cid, wait_ms=30000)))
     pid = Client([b.url]).call("POST", "/producer/register", topic=topic)["producer_id"]
+    with Api(a.url) as api:
+        warm_up_long_polls(api)
+    waiter.start()
+    wait_until(lambda: longpoll_waiters(a.url) == 1, message="the long-poll on a")
     Client([b.url]).call("POST", "/producer/produce", topic=topic, producer_id=pid,
                          message="from b")
-    waiter.join(30)
-    assert result and [m["message"] for m in result[0]["messages"]] == ["from b"]
+    waiter.join(20)  # well before the 30 s wait runs out: only a wake-up ends it by then
+    assert result, "the produce on b did not wake the long-poll on a"
+    assert [m["message"] for m in result[0]["messages"]] == ["from b"]
 
 
 @pytest.mark.timeout(180)
