@@ -30,8 +30,8 @@ from .records import AppendRequest, AppendResult, Batch, Message, TopicInfo, Top
 from .topics import Topics
 
 __all__ = ["AppendRequest", "AppendResult", "Batch", "Message", "Store", "TopicInfo",
-           "TopicStats", "create_schema", "default_workers", "get_store", "init_app",
-           "iso_time", "max_connections"]
+           "TopicStats", "configure_engine", "create_schema", "default_workers", "get_store",
+           "init_app", "iso_time", "max_connections"]
 
 EXTENSION = "logqueue.store"
 RECHECK_SECONDS = 1.0  # default for LQ_RECHECK_INTERVAL
