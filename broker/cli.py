@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 EXAMPLES = """\b
 Examples:
@@ -102,7 +103,8 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
                               "LQ_MAX_MESSAGE_BYTES": max_message_bytes}
     try:
         app = create_app(config)
-    except Exception as exc:  # a malformed URL or a missing driver: one line, no traceback
+    except (ArgumentError, ImportError, ValueError) as exc:
+        # A malformed URL, an unknown database or a missing driver: one line, no traceback.
         raise click.ClickException(f"cannot use the database URL {db_url!r}: {exc}") from None
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     with app.app_context():
