@@ -70,12 +70,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     pool = int(app.config["LQ_POOL_SIZE"])
     options: dict[str, Any] = {"pool_size": pool, "max_overflow": 3, "pool_timeout": 10}
-    if url.startswith("postgresql"):
-        # Bounded waits when the database host vanishes: a connect gives up after 5 s, and
-        # keepalives notice a dead established connection within about a minute.
-        options["connect_args"] = {"connect_timeout": 5, "keepalives": 1,
-                                   "keepalives_idle": 30, "keepalives_interval": 10,
-                                   "keepalives_count": 3}
+    connect_args = store.connect_args(url)
+    if connect_args:
+        options["connect_args"] = connect_args
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     store.init_app(app)
     retention.init_app(app)

@@ -24,14 +24,15 @@ from ..wakeups import Wakeups
 from .caches import Caches
 from .consumers import Consumers
 from .database import Database, configure_engine, create_schema, default_workers, max_connections
+from .dialect import connect_args
 from .producers import Producers
 from .pruning import Pruner
 from .records import AppendRequest, AppendResult, Batch, Message, TopicInfo, TopicStats, iso_time
 from .topics import Topics
 
 __all__ = ["AppendRequest", "AppendResult", "Batch", "Message", "Store", "TopicInfo",
-           "TopicStats", "configure_engine", "create_schema", "default_workers", "get_store",
-           "init_app", "iso_time", "max_connections"]
+           "TopicStats", "configure_engine", "connect_args", "create_schema",
+           "default_workers", "get_store", "init_app", "iso_time", "max_connections"]
 
 EXTENSION = "logqueue.store"
 RECHECK_SECONDS = 1.0  # default for LQ_RECHECK_INTERVAL

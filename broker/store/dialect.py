@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Connection, Engine, TextClause, event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from ..models import metadata
 from ..wakeups import Wakeups
@@ -40,6 +41,7 @@ class Dialect:
     name: ClassVar[str]
     default_workers: ClassVar[int]  # gunicorn workers `lq broker` starts unless told
     lock_topic_counter: ClassVar[TextClause]  # read a topic's next offset, locked for append
+    connect_args: ClassVar[dict[str, Any]] = {}  # for the driver's connect()
 
     def configure(self, engine: Engine) -> None:
         """Set up a new engine's connections."""
@@ -134,6 +136,11 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     default_workers = 2
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_PG
+    # Bounded waits when the database host vanishes: a connect gives up after 5 s, and
+    # keepalives notice a dead established connection within about a minute.
+    connect_args: ClassVar[dict[str, Any]] = {
+        "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30,
+        "keepalives_interval": 10, "keepalives_count": 3}
 
     def lock_schema(self, conn: Connection) -> None:
         conn.execute(q.LOCK_SCHEMA_PG, {"key": SCHEMA_LOCK_KEY})
@@ -193,6 +200,11 @@ def dialect_for(engine: Engine) -> Dialect:
         return DIALECTS[engine.dialect.name]()
     except KeyError:
         raise ValueError(f"unsupported database: {engine.dialect.name}") from None
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """The driver's connect() arguments for a database URL (before any engine exists)."""
+    return dict(DIALECTS.get(make_url(url).get_backend_name(), Dialect).connect_args)
 
 
 def _unique_columns() -> dict[str, str]:
