@@ -91,3 +91,24 @@ def test_a_topic_deleted_elsewhere_is_unknown_not_stale(stores: tuple[Store, Sto
         b.consumers.register(topic)
     b.producers.register(topic)  # creates it again
     assert a.topics.describe(topic).producers == 1
+
+
+def test_a_registration_made_elsewhere_on_the_recreated_topic_is_found(
+        stores: tuple[Store, Store], request: pytest.FixtureRequest) -> None:
+    """b cached the old topic's id; a producer and a consumer registered through a on the
+    new topic are refused by b as not registered for the topic, unless b re-checks the
+    topic's id first (issue 18)."""
+    a, b = stores
+    topic = f"moved-{request.node.name}"[:60]
+    old = b.producers.register(topic)  # b caches the topic's id
+    b.consumers.size(topic, b.consumers.register(topic))
+    recreate(a, topic)
+    pid, cid = a.producers.register(topic), a.consumers.register(topic)
+    assert b.producers.append(topic, AppendRequest(pid, ["through b"])).first == 0
+    assert b.consumers.size(topic, cid) == 1
+    assert [m.body for m in b.consumers.consume(topic, cid, 10).messages] == ["through b"]
+    with pytest.raises(UnknownId):
+        b.producers.append(topic, AppendRequest(old, ["lost"]))
+    b.consumers.unregister(topic, cid)
+    b.producers.unregister(topic, pid)
+    assert a.topics.describe(topic).producers == 0

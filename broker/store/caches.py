@@ -49,6 +49,16 @@ class RegistrationGone(UnknownId):
         self.reg_id = reg_id
 
 
+class RegisteredElsewhere(NotRegistered):
+    """A registration row names another topic id than the one cached for the topic's name:
+    registered for another topic, or for this topic re-created since the id was cached."""
+
+    def __init__(self, kind: str, reg_id: int) -> None:
+        super().__init__(f"{kind} {reg_id} is not registered for this topic")
+        self.kind = kind
+        self.reg_id = reg_id
+
+
 class Registrations:
     """Which topic each producer (or consumer) id is registered for."""
 
@@ -73,7 +83,7 @@ class Registrations:
                 raise UnknownId(f"{self.kind} id {reg_id} is unknown")
             remember(self._topics, reg_id, registered)
         if registered != topic_id:
-            raise NotRegistered(f"{self.kind} {reg_id} is not registered for this topic")
+            raise RegisteredElsewhere(self.kind, reg_id)
 
     def unregister(self, topic_id: int, reg_id: int) -> None:
         self.check(reg_id, topic_id)
@@ -163,8 +173,10 @@ def retry_stale_topic(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, topic, *args, **kwargs)
         except StaleTopic:
             return method(self, topic, *args, **kwargs)
-        except RegistrationGone as gone:
-            self.caches.registrations[gone.kind].forget(gone.reg_id)
+        except (RegistrationGone, RegisteredElsewhere) as missed:
+            # Before "unknown id" or "not registered": is the cached topic id still the
+            # topic's? If not (deleted, perhaps re-created elsewhere), retry with the new one.
+            self.caches.registrations[missed.kind].forget(missed.reg_id)
             if not self.caches.is_stale(topic):
                 raise
             return method(self, topic, *args, **kwargs)

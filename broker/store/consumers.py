@@ -70,6 +70,7 @@ class Consumers:
             return None
         return conn.execute(q.SELECT_NAMED_CONSUMER, {"topic": topic_id, "name": name}).scalar()
 
+    @retry_stale_topic
     def unregister(self, topic: str, consumer_id: int) -> None:
         self.caches.consumers.unregister(self.caches.topic_id(topic), consumer_id)
 

@@ -92,6 +92,7 @@ class Producers:
         self.caches.producers.remember(producer_id, topic_id)
         return producer_id
 
+    @retry_stale_topic
     def unregister(self, topic: str, producer_id: int) -> None:
         self.caches.producers.unregister(self.caches.topic_id(topic), producer_id)
 
