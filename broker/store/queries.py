@@ -94,10 +94,12 @@ SELECT_CONSUMER_POSITION = text("SELECT position FROM lq_consumers WHERE id = :i
 DELETE_CONSUMER = text("DELETE FROM lq_consumers WHERE id = :id AND topic_id = :topic")
 
 # One round trip on PostgreSQL: lock the position, read the range after it, move it past.
+# The position is a scalar subquery (an InitPlan), so the read is an index range scan that
+# starts at the position; a join with `cur` read the topic from offset 0 and filtered.
 TAKE_MESSAGES_PG = text(
     "WITH cur AS (SELECT position FROM lq_consumers WHERE id = :id FOR UPDATE), "
-    "taken AS (SELECT m.msg_offset, m.body, m.ts_us FROM lq_messages m, cur "
-    "          WHERE m.topic_id = :topic AND m.msg_offset >= cur.position "
+    "taken AS (SELECT m.msg_offset, m.body, m.ts_us FROM lq_messages m "
+    "          WHERE m.topic_id = :topic AND m.msg_offset >= (SELECT position FROM cur) "
     "          ORDER BY m.msg_offset LIMIT :limit), "
     "moved AS (UPDATE lq_consumers SET position = (SELECT MAX(msg_offset) + 1 FROM taken) "
     "          WHERE id = :id AND EXISTS (SELECT 1 FROM taken)) "
