@@ -212,13 +212,44 @@ def bench_database(name: str, db_url: str, clients_list: list[int], scale: float
                              "raw SELECT", select))
 
 
+def consume_at_depth(name: str, db_url: str, depth: int, rows: list[tuple]) -> None:
+    """Consume time at position 0 and at position `depth` of one topic (issue 18: a consume
+    must read from its position, not from the topic's start). One client, 100 per request."""
+    with broker(db_url, workers=1) as url:
+        session = requests.Session()
+        topic = f"depth-{secrets.token_hex(3)}"
+        pid = register(url, "/producer/register", topic, "producer_id")
+        for _ in range(0, depth + 20_000, 10_000):
+            response = session.post(url + "/producer/produce", json={
+                "topic": topic, "producer_id": pid, "messages": [BODY] * 10_000})
+            assert response.status_code == 200, response.text
+        for position in (0, depth):
+            cid = register(url, "/consumer/register", topic, "consumer_id")
+            session.post(url + "/consumer/commit",
+                         json={"topic": topic, "consumer_id": cid, "offset": position})
+            params = {"topic": topic, "consumer_id": cid, "max": 100}
+            session.get(url + "/consumer/consume", params=params)  # warm
+            calls = 100
+            start = time.perf_counter()
+            for _ in range(calls):
+                assert len(session.get(url + "/consumer/consume", params=params)
+                           .json()["messages"]) == 100
+            ms = (time.perf_counter() - start) / calls * 1000
+            rows.append((name, f"consume 100 at position {position:,}", ms))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--clients", default="1,4,16", help="comma-separated client counts")
     parser.add_argument("--scale", type=float, default=1.0, help="work per row (1.0 = full)")
+    parser.add_argument("--depth", type=int, default=0,
+                        help="instead: consume time at position 0 and at this position")
     args = parser.parse_args()
+    if args.depth:
+        main_depth(args.db, args.depth)
+        return
     clients = [int(c) for c in args.clients.split(",")]
     rows: list[tuple] = []
     temp = tempfile.mkdtemp()
@@ -238,6 +269,20 @@ def main() -> None:
               f"{rate / ceiling_rate:>8.0%}")
     if xadd:
         print(f"\npeer: Redis Streams XADD, pipelined 1,000 per round trip: {xadd:,.0f} msg/s")
+
+
+def main_depth(db: str, depth: int) -> None:
+    rows: list[tuple] = []
+    if db in ("sqlite", "both"):
+        consume_at_depth("sqlite", f"sqlite:///{tempfile.mkdtemp()}/depth.db", depth, rows)
+    if db in ("postgresql", "both"):
+        with pg_database() as pg_url:
+            if pg_url is None:
+                raise SystemExit("PostgreSQL did not answer (LQ_BENCH_PG_DSN); try --db sqlite")
+            consume_at_depth("postgresql", pg_url, depth, rows)
+    print(f"\n{'db':<11}  {'operation':<36}{'ms/request':>11}")
+    for name, op, ms in rows:
+        print(f"{name:<11}  {op:<36}{ms:>11.2f}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import requests
 from harness import broker
 
 from sdk import Client
-from sdk.client import initial_seq
+from sdk.producer import initial_seq
 from sdk.transport import normalize_url
 
 
@@ -49,12 +49,23 @@ class Raw:
         return data
 
 
+Pair = tuple[str, int, Callable[[], None], Callable[[], None]]
+
+
 def make_pairs(raw: Raw, client: Client, n_single: int, n_batched: int,
-               batch: int) -> list[tuple[str, int, Callable[[], None], Callable[[], None]]]:
+               batch: int) -> list[Pair]:
     """One round's (name, messages, raw function, SDK function), on fresh topics; the raw
-    functions use ``raw.session`` as it is when they run."""
+    functions use ``raw.session`` as it is when they run. The consume pairs read what the
+    produce pairs wrote."""
     tag = uuid.uuid4().hex[:8]
-    t_raw, t_sdk, tb_raw, tb_sdk = (f"b-{tag}-{x}" for x in ("raw", "sdk", "rawb", "sdkb"))
+    topics = tuple(f"b-{tag}-{x}" for x in ("raw", "sdk", "rawb", "sdkb"))
+    return (produce_pairs(raw, client, topics, n_single, n_batched, batch)
+            + consume_pairs(raw, client, topics, n_single, n_batched, batch))
+
+
+def produce_pairs(raw: Raw, client: Client, topics: tuple[str, ...], n_single: int,
+                  n_batched: int, batch: int) -> list[Pair]:
+    t_raw, t_sdk, tb_raw, tb_sdk = topics
     pid = raw.post("/producer/register", {"topic": t_raw})["producer_id"]
     pid_b = raw.post("/producer/register", {"topic": tb_raw})["producer_id"]
     producer = client.producer([t_sdk, tb_sdk])
@@ -81,9 +92,13 @@ def make_pairs(raw: Raw, client: Client, n_single: int, n_batched: int,
         for chunk in chunks:
             producer.send_many(tb_sdk, chunk)
 
-    pairs = [("produce, 1 per request", n_single, raw_single, sdk_single),
-             (f"produce, {batch} per request", n_batched, raw_batched, sdk_batched)]
+    return [("produce, 1 per request", n_single, raw_single, sdk_single),
+            (f"produce, {batch} per request", n_batched, raw_batched, sdk_batched)]
 
+
+def consume_pairs(raw: Raw, client: Client, topics: tuple[str, ...], n_single: int,
+                  n_batched: int, batch: int) -> list[Pair]:
+    t_raw, t_sdk, tb_raw, tb_sdk = topics
     cid = raw.post("/consumer/register", {"topic": t_raw})["consumer_id"]
     cid_b = raw.post("/consumer/register", {"topic": tb_raw})["consumer_id"]
     consumer = client.consumer([t_sdk, tb_sdk])
@@ -107,10 +122,9 @@ def make_pairs(raw: Raw, client: Client, n_single: int, n_batched: int,
         while got < n_batched:
             got += len(consumer.receive(tb_sdk, max=batch))
 
-    pairs += [("consume, 1 per request", n_single, raw_consume_single, sdk_consume_single),
-              (f"consume, {batch} per request", n_batched, raw_consume_batched,
-               sdk_consume_batched)]
-    return pairs
+    return [("consume, 1 per request", n_single, raw_consume_single, sdk_consume_single),
+            (f"consume, {batch} per request", n_batched, raw_consume_batched,
+             sdk_consume_batched)]
 
 
 def run(url: str, n_single: int, n_batched: int, batch: int, rounds: int) -> list[tuple]:

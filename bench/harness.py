@@ -1,30 +1,27 @@
 """What every benchmark needs: a real `lq broker` on a free port, and a throwaway PostgreSQL
-database. Imported by the bench/*.py scripts (run as `python bench/NAME.py`)."""
+database. Imported by the bench/*.py scripts (run as `python bench/NAME.py`).
+
+Brokers start through the tests' launcher (tests/support.py `BrokerProcess`), so a benchmark
+runs the broker exactly as the tests do.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import requests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-LQ = str(Path(sys.executable).with_name("lq"))
+from support import LQ, BrokerProcess
+
+__all__ = ["LQ", "broker", "pg_database"]
+
 PG_ADMIN = os.environ.get("LQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -33,37 +30,19 @@ def broker(db_url: str | None = None, *, workers: int | None = None,
     """`lq broker` on a free port (SQLite in a temporary directory unless `db_url`); yields
     its url once /healthz answers, and stops the whole process group afterwards."""
     with tempfile.TemporaryDirectory(prefix="lq-bench-") as tmp:
-        log_path = Path(tmp) / "broker.log"
-        port = free_port()
-        args = [LQ, "broker", "--port", str(port), "--threads", str(threads),
-                "--db", db_url or f"sqlite:///{Path(tmp) / 'bench.db'}"]
+        args = ["--threads", str(threads)]
         if workers:
             args += ["--workers", str(workers)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LQ_")}
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
+        process = BrokerProcess(db_url or f"sqlite:///{Path(tmp) / 'bench.db'}", args=args,
+                                log_path=Path(tmp) / "broker.log")
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the broker did not start:\n{log_path.read_text()}")
-                try:
-                    if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.05)  # polling for readiness, bounded by the deadline
-            yield url
+            process.start()
+        except (AssertionError, RuntimeError) as exc:
+            raise SystemExit(f"the broker did not start: {exc}") from None
+        try:
+            yield process.url
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            process.stop()
 
 
 @contextmanager

@@ -128,28 +128,28 @@ def _messages(found: list[Message]) -> list[dict[str, Any]]:
 @endpoint("POST", "/topics", s.CreateTopic, s.TopicCreated)
 def create_topic(req: s.CreateTopic) -> s.TopicCreated:
     """Create a topic (`topic_name`), optionally with its retention."""
-    _store().create_topic(req.topic, req.retention_ms, req.retention_messages)
+    _store().topics.create(req.topic, req.retention_ms, req.retention_messages)
     return s.TopicCreated(message=f"Topic '{req.topic}' created successfully")
 
 
 @endpoint("PATCH", "/topics", s.SetRetention, s.Done)
 def set_retention(req: s.SetRetention) -> s.Done:
     """Change a topic's retention (`retention_ms`, `retention_messages`; 0 = no limit)."""
-    _store().set_retention(req.topic, req.retention_ms, req.retention_messages)
+    _store().topics.set_retention(req.topic, req.retention_ms, req.retention_messages)
     return s.Done(message=f"Retention of topic '{req.topic}' updated")
 
 
 @endpoint("DELETE", "/topics", s.TopicRef, s.Done)
 def delete_topic(req: s.TopicRef) -> s.Done:
     """Delete a topic: its messages, registrations and counters. The name can be reused."""
-    _store().delete_topic(req.topic)
+    _store().topics.delete(req.topic)
     return s.Done(message=f"Topic '{req.topic}' deleted")
 
 
 @endpoint("GET", "/topics/describe", s.TopicRef, s.TopicDescription)
 def describe_topic(req: s.TopicRef) -> s.TopicDescription:
     """A topic's offsets, retention, producers and consumers (names and lags, no ids)."""
-    info = _store().describe(req.topic)
+    info = _store().topics.describe(req.topic)
     return s.TopicDescription(
         topic=info.topic, messages=info.next_offset - info.first_offset,
         first_offset=info.first_offset, next_offset=info.next_offset,
@@ -162,20 +162,20 @@ def describe_topic(req: s.TopicRef) -> s.TopicDescription:
 @endpoint("GET", "/topics", None, s.TopicList)
 def list_topics() -> s.TopicList:
     """List the topics' names."""
-    return s.TopicList(topics=_store().list_topics())
+    return s.TopicList(topics=_store().topics.names())
 
 
 # --- producers -------------------------------------------------------------------------------
 @endpoint("POST", "/producer/register", s.RegisterProducer, s.ProducerRegistered)
 def register_producer(req: s.RegisterProducer) -> s.ProducerRegistered:
     """Register a producer for a topic, creating the topic if it is missing."""
-    return s.ProducerRegistered(producer_id=_store().register_producer(req.topic))
+    return s.ProducerRegistered(producer_id=_store().producers.register(req.topic))
 
 
 @endpoint("POST", "/producer/unregister", s.ProducerRef, s.Done)
 def unregister_producer(req: s.ProducerRef) -> s.Done:
     """Remove a producer's registration for a topic."""
-    _store().unregister_producer(req.topic, req.producer_id)
+    _store().producers.unregister(req.topic, req.producer_id)
     return s.Done(message="Producer unregistered")
 
 
@@ -202,21 +202,15 @@ def produce(req: s.Produce) -> s.Produced:
     if (req.message is None) == (req.messages is None):
         raise BadRequest("give either 'message' (or 'log_message') or 'messages'")
     bodies = [req.message] if req.messages is None else req.messages
+    refusal, total = None, 0
     try:
         total = _check_batch(bodies)
-    except (BadRequest, TooLarge):
-        # A retry of an applied seq gets that append's answer even if the broker would
-        # refuse its content now (restarted with a smaller limit): else it would be stored
-        # again, split, under new seqs.
-        if req.seq is None:
-            raise
-        result = _store().replayed(req.topic, req.producer_id, req.seq)
-        if result is None:
-            raise
-    else:
-        result = _store().append(req.topic, AppendRequest(req.producer_id, bodies, req.seq))
-        if not result.duplicate:
-            metrics.produced(len(bodies), total)
+    except (BadRequest, TooLarge) as exc:
+        refusal = exc  # the store still answers a retry of an applied seq
+    result = _store().producers.append(req.topic, AppendRequest(req.producer_id, bodies, req.seq),
+                                       refusal)
+    if not result.duplicate:
+        metrics.produced(len(bodies), total)
     if result.first is None:
         return s.Produced(duplicate=True)
     return s.Produced(offsets=[result.first, result.last], duplicate=result.duplicate or None)
@@ -226,14 +220,14 @@ def produce(req: s.Produce) -> s.Produced:
 @endpoint("POST", "/consumer/register", s.RegisterConsumer, s.ConsumerRegistered)
 def register_consumer(req: s.RegisterConsumer) -> s.ConsumerRegistered:
     """Register a consumer for an existing topic; a `consumer_name` makes it resumable."""
-    consumer_id = _store().register_consumer(req.topic, req.consumer_name, req.start)
+    consumer_id = _store().consumers.register(req.topic, req.consumer_name, req.start)
     return s.ConsumerRegistered(consumer_id=consumer_id)
 
 
 @endpoint("POST", "/consumer/unregister", s.ConsumerRef, s.Done)
 def unregister_consumer(req: s.ConsumerRef) -> s.Done:
     """Remove a consumer's registration (and its position) for a topic."""
-    _store().unregister_consumer(req.topic, req.consumer_id)
+    _store().consumers.unregister(req.topic, req.consumer_id)
     return s.Done(message="Consumer unregistered")
 
 
@@ -241,7 +235,7 @@ def unregister_consumer(req: s.ConsumerRef) -> s.Done:
 def consume(req: s.Consume) -> s.ClassicMessage | s.MessageBatch:
     """Take the next message (classic), or with `max`/`wait_ms` a batch, long-polling."""
     if req.max is None and req.wait_ms is None:
-        batch = _store().consume(req.topic, req.consumer_id, 1)
+        batch = _store().consumers.consume(req.topic, req.consumer_id, 1)
         metrics.consumed([m.body for m in batch.messages])
         if not batch.messages:
             raise QueueEmpty(f"Queue for topic '{req.topic}' is empty")
@@ -250,7 +244,7 @@ def consume(req: s.Consume) -> s.ClassicMessage | s.MessageBatch:
                                 skipped=batch.skipped or None)
     wait = (req.wait_ms or 0) / 1000
     with metrics.waiting(wait):
-        batch = _store().consume(req.topic, req.consumer_id, req.max or 100, wait)
+        batch = _store().consumers.consume(req.topic, req.consumer_id, req.max or 100, wait)
     metrics.consumed([m.body for m in batch.messages])
     return s.MessageBatch(messages=_messages(batch.messages), skipped=batch.skipped or None)
 
@@ -260,7 +254,7 @@ def fetch(req: s.Fetch) -> s.FetchedBatch:
     """Read a batch from `offset` (default: the position) without moving the position."""
     wait = (req.wait_ms or 0) / 1000
     with metrics.waiting(wait):
-        batch, position = _store().fetch(req.topic, req.consumer_id, req.max or 100, wait,
+        batch, position = _store().consumers.fetch(req.topic, req.consumer_id, req.max or 100, wait,
                                          req.offset)
     metrics.consumed([m.body for m in batch.messages])
     return s.FetchedBatch(messages=_messages(batch.messages), position=position,
@@ -270,13 +264,13 @@ def fetch(req: s.Fetch) -> s.FetchedBatch:
 @endpoint("POST", "/consumer/commit", s.Commit, s.Position)
 def commit(req: s.Commit) -> s.Position:
     """Move the position forward to `offset`, the next message to read."""
-    return s.Position(position=_store().commit(req.topic, req.consumer_id, req.offset))
+    return s.Position(position=_store().consumers.commit(req.topic, req.consumer_id, req.offset))
 
 
 @endpoint("GET", "/size", s.ConsumerRef, s.Size)
 def size(req: s.ConsumerRef) -> s.Size:
     """How many messages wait at or after the consumer's position."""
-    return s.Size(size=_store().size(req.topic, req.consumer_id))
+    return s.Size(size=_store().consumers.size(req.topic, req.consumer_id))
 
 
 # --- operations ------------------------------------------------------------------------------
@@ -286,7 +280,7 @@ def stats() -> s.Stats:
     return s.Stats(topics=[
         s.TopicStatsOut(topic=t.topic, messages=t.messages, first_offset=t.first_offset,
                         next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag)
-        for t in _store().stats()])
+        for t in _store().topics.stats()])
 
 
 @endpoint("GET", "/healthz", None, s.Health)

@@ -32,9 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "LQ_RETENTION_MS": None,  # broker-wide default for topics without their own
     "LQ_CONSUMER_TTL_MS": None,  # expire unnamed consumers idle this long (None: never)
     "LQ_PRUNE_INTERVAL": 5.0,  # seconds between retention rounds; 0 turns pruning off
+    # The longest a long-poll waits for a wake-up before it reads the database again.
+    "LQ_RECHECK_INTERVAL": 1.0,
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
 }
-ENVIRONMENT = ("LQ_DATABASE_URL", "LQ_TOKEN")
+ENVIRONMENT = ("LQ_DATABASE_URL", "LQ_TOKEN", "LQ_RECHECK_INTERVAL")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
               405: "method_not_allowed", 413: "too_large"}
 
@@ -70,12 +72,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     pool = int(app.config["LQ_POOL_SIZE"])
     options: dict[str, Any] = {"pool_size": pool, "max_overflow": 3, "pool_timeout": 10}
-    if url.startswith("postgresql"):
-        # Bounded waits when the database host vanishes: a connect gives up after 5 s, and
-        # keepalives notice a dead established connection within about a minute.
-        options["connect_args"] = {"connect_timeout": 5, "keepalives": 1,
-                                   "keepalives_idle": 30, "keepalives_interval": 10,
-                                   "keepalives_count": 3}
+    connect_args = store.connect_args(url)
+    if connect_args:
+        options["connect_args"] = connect_args
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     store.init_app(app)
     retention.init_app(app)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 from typing import Any
 
 import click
+from sqlalchemy.exc import ArgumentError
 
 from .dburl import displayed, host_count, standby_warning
 
@@ -20,7 +23,7 @@ Examples:
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    from .retention import parse_duration_ms
+    from .retention import parse_duration_ms  # see broker_command on imports here
 
     try:
         return None if value is None else parse_duration_ms(value)
@@ -29,13 +32,11 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 
 def _prepare_multiprocess_metrics() -> str | None:
-    """Workers share metrics through files; the directory must exist before they import.
+    """Workers share metrics through files; the directory must be set before the first app
+    is created (metrics.py).
 
     Returns the directory made here (removed at exit), or None when the caller set one.
     """
-    import os
-    import tempfile
-
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
     path = tempfile.mkdtemp(prefix="lq-metrics-")
@@ -68,6 +69,11 @@ def _prepare_multiprocess_metrics() -> str | None:
                    "Default: keep them.")
 @click.option("--prune-interval", default=5.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between retention rounds (0: never prune).")
+@click.option("--recheck-interval", envvar="LQ_RECHECK_INTERVAL", default=1.0,
+              show_default=True, type=click.FloatRange(0.001),
+              help="Seconds a long-poll waits for a wake-up before it reads the database "
+                   "again (env LQ_RECHECK_INTERVAL). Wake-ups are hints; this bounds what a "
+                   "lost one costs.")
 @click.option("--max-message-bytes", envvar="LQ_MAX_MESSAGE_BYTES", default=1024 * 1024,
               show_default=True, type=click.IntRange(64, 16 * 1024 * 1024),
               help="Largest message accepted, in UTF-8 bytes; larger ones are refused with 413 "
@@ -75,22 +81,27 @@ def _prepare_multiprocess_metrics() -> str | None:
 @click.option("--dev", is_flag=True, help="Serve with Flask's threaded development server.")
 def broker_command(host: str, port: int, db_url: str | None, workers: int | None, threads: int,
                    token: str | None, retention: int | None, consumer_ttl: int | None,
-                   prune_interval: float, max_message_bytes: int, dev: bool) -> None:
+                   prune_interval: float, recheck_interval: float, max_message_bytes: int,
+                   dev: bool) -> None:
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
-    metrics_dir = None if dev else _prepare_multiprocess_metrics()
+    # Imported here: every `lq` command loads this module, and these take half a second.
     from .app import create_app
     from .errors import Unavailable
     from .models import db
-    from .store import create_schema, max_connections
+    from .serving import serve
+    from .store import create_schema, default_workers, max_connections
 
+    metrics_dir = None if dev else _prepare_multiprocess_metrics()
     config: dict[str, Any] = {"LQ_DATABASE_URL": db_url, "LQ_TOKEN": token,
                               "LQ_POOL_SIZE": threads + 2, "LQ_RETENTION_MS": retention,
                               "LQ_PRUNE_INTERVAL": prune_interval,
                               "LQ_CONSUMER_TTL_MS": consumer_ttl,
+                              "LQ_RECHECK_INTERVAL": recheck_interval,
                               "LQ_MAX_MESSAGE_BYTES": max_message_bytes}
     try:
         app = create_app(config)
-    except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver: one line
+    except (ArgumentError, ImportError, ValueError) as exc:
+        # A malformed URL, an unknown database or a missing driver: one line, no traceback.
         raise click.ClickException(f"cannot use the database URL {displayed(db_url)}: {exc}"
                                    ) from None
     url = app.config["SQLALCHEMY_DATABASE_URI"]
@@ -100,7 +111,7 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
         except Unavailable as exc:
             raise click.ClickException(f"cannot use the database {displayed(url)}: {exc}") from None
         if workers is None:
-            workers = 1 if db.engine.dialect.name == "sqlite" else 2
+            workers = default_workers(db.engine)
         limit = max_connections(db.engine)
         needed = workers * (threads + 6)  # pool (threads + 2 + 3 overflow) + LISTEN
         if limit is not None and needed > limit:
@@ -119,7 +130,6 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
         click.echo(banner, err=True)
         app.run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    from .serving import serve
 
     def on_exit() -> None:
         if metrics_dir:

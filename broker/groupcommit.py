@@ -45,6 +45,12 @@ class GroupCommit(Generic[Req, Res]):
         self._queue: list[_Waiter[Req, Res]] = []
         self._busy = False
 
+    @property
+    def pending(self) -> int:
+        """Requests queued for a group that has not started yet."""
+        with self._mutex:
+            return len(self._queue)
+
     def submit(self, request: Req, size: int = 1) -> Res:
         waiter: _Waiter[Req, Res] = _Waiter(request, size)
         with self._mutex:

@@ -1,9 +1,10 @@
 """Prometheus metrics at /metrics, with prometheus_client (its multiprocess mode under gunicorn).
 
-Traffic counters live in the process that served the request; under gunicorn they are summed
-across workers from `PROMETHEUS_MULTIPROC_DIR`, which `lq broker` sets before any worker
-starts. Topic sizes, lags and database health are read from the database at scrape time, so
-every worker answers the same.
+Nothing is created at import: each app gets its own collectors in `app.extensions` (Flask's
+rule), registered in no global registry. Traffic counters live in the process that served
+the request; under gunicorn they are summed across workers from `PROMETHEUS_MULTIPROC_DIR`,
+which `lq broker` sets before it creates the app. Topic sizes, lags and database health are
+read from the database at scrape time, so every worker answers the same.
 """
 
 from __future__ import annotations
@@ -12,49 +13,66 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from flask import Flask, Response, g, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from flask import Flask, Response, current_app, g, request
 
 from .errors import BrokerError
 from .store import get_store
 
+EXTENSION = "logqueue.metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 
-REQUESTS = Counter("lq_http_requests", "HTTP requests served.", ["endpoint", "method", "status"])
-LATENCY = Histogram("lq_http_request_seconds", "Time to answer a request.", ["endpoint"],
-                    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-PRODUCED = Counter("lq_produced_messages", "Messages appended.")
-PRODUCED_BYTES = Counter("lq_produced_bytes", "UTF-8 bytes of the messages appended.")
-CONSUMED = Counter("lq_consumed_messages", "Messages delivered by consume and fetch.")
-CONSUMED_BYTES = Counter("lq_consumed_bytes", "UTF-8 bytes of the messages delivered.")
-BATCH_SIZE = Histogram("lq_produce_batch_size", "Messages per produce request.",
-                       buckets=(1, 10, 100, 1000, 10000))
-WAITERS = Gauge("lq_longpoll_waiters", "Requests waiting in a long-poll.",
-                multiprocess_mode="livesum")
+
+class Metrics:
+    """One app's collectors."""
+
+    def __init__(self) -> None:
+        # Imported here, not at the top: prometheus_client picks its value storage (files
+        # shared by gunicorn's workers, or memory) once, when first imported, from
+        # PROMETHEUS_MULTIPROC_DIR, which is set before the first app is created.
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter("lq_http_requests", "HTTP requests served.",
+                                ["endpoint", "method", "status"], registry=None)
+        self.latency = Histogram("lq_http_request_seconds", "Time to answer a request.",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=None)
+        self.produced = Counter("lq_produced_messages", "Messages appended.", registry=None)
+        self.produced_bytes = Counter("lq_produced_bytes",
+                                      "UTF-8 bytes of the messages appended.", registry=None)
+        self.consumed = Counter("lq_consumed_messages",
+                                "Messages delivered by consume and fetch.", registry=None)
+        self.consumed_bytes = Counter("lq_consumed_bytes",
+                                      "UTF-8 bytes of the messages delivered.", registry=None)
+        self.batch_size = Histogram("lq_produce_batch_size", "Messages per produce request.",
+                                    buckets=(1, 10, 100, 1000, 10000), registry=None)
+        self.waiters = Gauge("lq_longpoll_waiters", "Requests waiting in a long-poll.",
+                             multiprocess_mode="livesum", registry=None)
+
+    def collectors(self) -> tuple[Any, ...]:
+        return (self.requests, self.latency, self.produced, self.produced_bytes, self.consumed,
+                self.consumed_bytes, self.batch_size, self.waiters)
+
+
+def _metrics() -> Metrics:
+    return current_app.extensions[EXTENSION]
 
 
 def produced(count: int, size: int) -> None:
-    PRODUCED.inc(count)
-    PRODUCED_BYTES.inc(size)
-    BATCH_SIZE.observe(count)
+    metrics = _metrics()
+    metrics.produced.inc(count)
+    metrics.produced_bytes.inc(size)
+    metrics.batch_size.observe(count)
 
 
 def consumed(bodies: list[str]) -> None:
     if bodies:
-        CONSUMED.inc(len(bodies))
+        metrics = _metrics()
+        metrics.consumed.inc(len(bodies))
         joined = "".join(bodies)
-        CONSUMED_BYTES.inc(len(joined) if joined.isascii() else len(joined.encode("utf-8")))
+        metrics.consumed_bytes.inc(len(joined) if joined.isascii()
+                                   else len(joined.encode("utf-8")))
 
 
 @contextmanager
@@ -62,25 +80,28 @@ def waiting(wait: float) -> Iterator[None]:
     if wait <= 0:
         yield
         return
-    WAITERS.inc()
+    gauge = _metrics().waiters
+    gauge.inc()
     try:
         yield
     finally:
-        WAITERS.dec()
+        gauge.dec()
 
 
-class DatabaseCollector(Collector):
+class DatabaseCollector:
     """Per-topic messages and largest lag, and whether the database answers, at scrape time."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
         up = GaugeMetricFamily("lq_database_up", "1 when the database answers.")
         messages = GaugeMetricFamily("lq_topic_messages", "Messages retained.", labels=["topic"])
         lag = GaugeMetricFamily("lq_topic_max_lag", "The largest consumer lag.", labels=["topic"])
         try:
-            topics = get_store(self.app).stats()
+            topics = get_store(self.app).topics.stats()
         except BrokerError:
             up.add_metric([], 0)
             yield up
@@ -93,6 +114,7 @@ class DatabaseCollector(Collector):
 
 
 def init_app(app: Flask) -> None:
+    metrics = app.extensions[EXTENSION] = Metrics()
     database = DatabaseCollector(app)
 
     @app.before_request
@@ -103,21 +125,26 @@ def init_app(app: Flask) -> None:
     def count(response: Response) -> Response:
         rule = request.url_rule.rule if request.url_rule else "unmatched"
         if rule != "/metrics":
-            REQUESTS.labels(rule, request.method, str(response.status_code)).inc()
+            metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
             started = g.get("lq_started")
             if started is not None:
-                LATENCY.labels(rule).observe(time.perf_counter() - started)
+                metrics.latency.labels(rule).observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    def scrape() -> Response:
+        from prometheus_client import (
+            CONTENT_TYPE_LATEST,
+            CollectorRegistry,
+            generate_latest,
+            multiprocess,
+        )
+
+        registry = CollectorRegistry()
         if os.environ.get(MULTIPROC_ENV):
-            registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         else:
-            registry = CollectorRegistry()
-            for collector in (REQUESTS, LATENCY, PRODUCED, PRODUCED_BYTES, CONSUMED,
-                              CONSUMED_BYTES, BATCH_SIZE, WAITERS):
+            for collector in metrics.collectors():
                 registry.register(collector)
         registry.register(database)
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
@@ -126,5 +153,6 @@ def init_app(app: Flask) -> None:
 def worker_exited(pid: int) -> None:
     """gunicorn's child_exit hook: a dead worker's live gauges stop counting."""
     if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)
+        from prometheus_client import multiprocess
 
+        multiprocess.mark_process_dead(pid)

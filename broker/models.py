@@ -1,4 +1,4 @@
-"""The database schema: tables only. Every statement that reads or writes them is in store.py.
+"""The database schema: tables only. Every statement that reads or writes them is in store/.
 
 Offsets are per topic, gapless, and handed out from `topics.next_offset` under its row lock
 (never from a sequence: sequence values commit out of order). Times are microseconds since
@@ -8,9 +8,27 @@ the Unix epoch (UTC) in a BIGINT, the same on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 SCHEMA_VERSION = 1
+
+# Constraint names the store maps to domain errors (store/database.py). They are the names
+# PostgreSQL gave these constraints before they were named here, so older databases agree.
+TOPIC_NAME_KEY = "lq_topics_name_key"
+PRODUCER_ID_KEY = "lq_producers_pkey"
+CONSUMER_ID_KEY = "lq_consumers_pkey"
+CONSUMER_NAME_KEY = "lq_consumers_topic_name"
 
 db = SQLAlchemy(metadata=MetaData())
 metadata = db.metadata
@@ -26,13 +44,14 @@ schema_version = Table(
 topics = Table(
     "lq_topics", metadata,
     Column("id", _AutoId, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
     Column("next_offset", BigInteger, nullable=False, default=0),
     Column("first_offset", BigInteger, nullable=False, default=0),
     Column("created_us", BigInteger, nullable=False),
     # Retention: NULL is "no limit" (then the broker-wide default applies, if any).
     Column("retention_ms", BigInteger),
     Column("retention_messages", BigInteger),
+    UniqueConstraint("name", name=TOPIC_NAME_KEY),
     sqlite_autoincrement=True,  # a deleted topic's id is never reused
 )
 
@@ -46,23 +65,25 @@ messages = Table(
 
 producers = Table(
     "lq_producers", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", BigInteger, autoincrement=False),
     Column("topic_id", BigInteger, nullable=False, index=True),
     # The last applied idempotent seq and the offsets it got, written in the append transaction.
     Column("last_seq", BigInteger),
     Column("last_first", BigInteger),
     Column("last_last", BigInteger),
     Column("created_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("id", name=PRODUCER_ID_KEY),
 )
 
 consumers = Table(
     "lq_consumers", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", BigInteger, autoincrement=False),
     Column("topic_id", BigInteger, nullable=False),
     Column("name", String(200)),
     Column("position", BigInteger, nullable=False),
     Column("created_us", BigInteger, nullable=False),
     # Last time the consumer was used (touched at most every few seconds), for --consumer-ttl.
     Column("active_us", BigInteger, nullable=False),
-    Index("lq_consumers_topic_name", "topic_id", "name", unique=True),
+    PrimaryKeyConstraint("id", name=CONSUMER_ID_KEY),
+    Index(CONSUMER_NAME_KEY, "topic_id", "name", unique=True),
 )

@@ -54,10 +54,10 @@ def init_app(app: Flask) -> None:
 
 
 def _run(app: Flask, interval: float) -> None:
-    store = get_store(app)
+    pruner = get_store(app).pruner
     while True:
         try:
-            while store.prune():
+            while pruner.prune():
                 pass  # more to prune: another bounded round at once
         except Exception as exc:  # noqa: BLE001 - retention must never stop the broker
             log.warning("retention round failed: %s", exc)

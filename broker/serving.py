@@ -49,7 +49,7 @@ class BrokerServer(BaseApplication):
         return create_app(self.app_config)
 
 
-class _StatusLine:
+class StatusLine:
     """Stands in for the client socket while gunicorn renders its HTML error page: keeps only
     the status line (gunicorn writes it with `util.write_nonblock`: `gettimeout`, `sendall`)."""
 
@@ -70,18 +70,18 @@ class JsonErrorWorker(ThreadWorker):
 
     def handle_error(self, req, client, addr, exc) -> None:
         """Let gunicorn log the error and pick the status, then answer JSON. Never raises."""
-        seen = _StatusLine()
+        seen = StatusLine()
         try:
             super().handle_error(req, seen, addr, exc)
         except Exception:
             self.log.exception("Error logging a bad request")
         try:
-            util.write_nonblock(client, _json_error(seen.status, seen.reason, exc))
+            util.write_nonblock(client, json_error(seen.status, seen.reason, exc))
         except Exception:  # noqa: BLE001 - as gunicorn: the client may be gone
             self.log.debug("Failed to send error message.")
 
 
-def _json_error(status: int, reason: str, exc: BaseException) -> bytes:
+def json_error(status: int, reason: str, exc: BaseException) -> bytes:
     """A complete `Connection: close` HTTP response carrying the contract's failure body."""
     if not status:  # gunicorn wrote nothing we could read: its own rule
         status = 400 if isinstance(exc, ParseException) else 500

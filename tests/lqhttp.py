@@ -8,13 +8,17 @@ database is up in every test, so a 5xx is a broker bug).
 
 from __future__ import annotations
 
+import itertools
 import json
+import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ID_LIMIT = 2**53
 ID_FIELDS = ("producer_id", "consumer_id")
@@ -135,6 +139,10 @@ class Api:
         assert reply.code == 200, f"expected 200 success: {reply}"
         return reply.body
 
+    def call(self, method: str, path: str, **fields: Any) -> dict[str, Any]:
+        """:meth:`ok` with the fields as keyword arguments (JSON dialect)."""
+        return self.ok(method, path, fields)
+
     def fail(self, method: str, path: str, fields: dict[str, Any] | None, code: int,
              error: str | tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
         reply = self.request(method, path, fields, **kwargs)
@@ -203,3 +211,75 @@ class Api:
             if not batch:
                 return out
             out.extend(batch)
+
+
+class Brokers:
+    """Several brokers on one database, one :class:`Api` each: each call goes to the next."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self._apis = itertools.cycle([Api(url) for url in urls])
+
+    def call(self, method: str, path: str, **fields: Any) -> dict[str, Any]:
+        return next(self._apis).call(method, path, **fields)
+
+
+def first_answer(urls: Sequence[str], method: str, path: str, fields: dict[str, Any],
+                 attempts: int = 20) -> dict[str, Any]:
+    """The body of the first broker, tried in turn, that answers other than 503 or with a
+    refused connection: while one of them is killed, the survivor answers."""
+    for url in itertools.islice(itertools.cycle(urls), attempts):
+        try:
+            response = requests.request(method, url + path, json=fields, timeout=10)
+        except requests.ConnectionError:
+            continue
+        if response.status_code != 503:
+            return response.json()
+    raise AssertionError(f"no broker answered {method} {path}")
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as is over a socket; return the status, headers and body of the reply
+    (read to the end: a refused request closes the connection)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+# --- /metrics -------------------------------------------------------------------------------
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of the broker's /metrics, by (name, sorted labels)."""
+    response = requests.get(url.rstrip("/") + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def warm_up_long_polls(api: Api) -> None:
+    """One short long-poll: a broker process's first one waits until it LISTENs (PostgreSQL),
+    and a test's waiter that read its topic that late could find a message without being
+    woken."""
+    topic = unique_topic("warm")
+    api.producer(topic)
+    assert api.consume_batch(topic, api.consumer(topic), wait_ms=1) == []
+
+
+def longpoll_waiters(url: str) -> float:
+    """How many requests wait in a long-poll on the broker now (all its workers)."""
+    return metric(scrape(url), "lq_longpoll_waiters")

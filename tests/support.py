@@ -86,11 +86,13 @@ class BrokerProcess:
             env["LQ_TOKEN"] = self.token
         cmd = [LQ, "broker", "--host", "127.0.0.1", "--port", str(self.port), "--db", self.db_url,
                *self.args]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
         if self.log_path:
-            out.close()
+            with open(self.log_path, "ab") as out:
+                self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+        else:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
         def ready() -> bool:
             if self.proc.poll() is not None:

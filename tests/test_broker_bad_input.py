@@ -7,18 +7,16 @@ tests add the exact status and ``error`` code, and check that nothing was append
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import requests
 from gunicorn import util
-from lqhttp import DIALECTS, Api, unique_topic
+from lqhttp import DIALECTS, Api, raw_exchange, unique_topic
 from support import BrokerProcess
 
-from broker.serving import _json_error, _StatusLine
+from broker.serving import StatusLine, json_error
 
 MiB = 1024 * 1024
 
@@ -352,22 +350,6 @@ def test_extra_fields_of_every_type_are_ignored(api: Api, ctx: Ctx, dialect: str
 
 # --- HTTP that gunicorn refuses before the app sees it ------------------------------------
 
-def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``request`` as is over a socket; return the status, headers and body of the reply
-    (read to the end: a refused request closes the connection)."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(request)
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body
-
-
 RAW_REQUESTS = {
     "nul-in-header-value": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Trace: a\x00b\r\n\r\n",
                             400, "bad_request"),
@@ -393,18 +375,18 @@ def test_http_gunicorn_refuses_is_a_json_failure(broker: BrokerProcess, request_
     reply = json.loads(body)
     assert reply["status"] == "failure" and reply["error"] == error, reply
     assert isinstance(reply["message"], str) and reply["message"], reply
-    assert requests.get(broker.url + "/healthz", timeout=5).status_code == 200
+    Api(broker.url).ok("GET", "/healthz")
 
 
 def test_the_worker_reads_the_status_gunicorn_picks() -> None:
     """The JSON answer keeps gunicorn's status: it is read from gunicorn's own error writer."""
-    seen = _StatusLine()
+    seen = StatusLine()
     util.write_error(seen, 431, "Request Header Fields Too Large", "<p>ignored</p>")
     assert (seen.status, seen.reason) == (431, "Request Header Fields Too Large")
 
 
 def test_an_error_gunicorn_did_not_answer_is_a_json_500() -> None:
-    head, _, body = _json_error(0, "", RuntimeError("a bug")).partition(b"\r\n\r\n")
+    head, _, body = json_error(0, "", RuntimeError("a bug")).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert json.loads(body) == {"status": "failure", "error": "internal",
                                 "message": "internal error (a bug): see the broker's log"}
@@ -420,4 +402,4 @@ def test_a_body_the_server_cannot_read_is_a_json_400(broker: BrokerProcess,
     assert (code, headers.get("content-type")) == (400, "application/json"), (headers, body)
     reply = json.loads(body)
     assert reply["error"] == "bad_request" and "body" in reply["message"], reply
-    assert requests.get(broker.url + "/healthz", timeout=5).status_code == 200
+    Api(broker.url).ok("GET", "/healthz")

@@ -69,6 +69,25 @@ def consumer_loop(url: str, topic: str, cid: int, acked: list[int]) -> None:
                 assert reply.body["error"] == "queue_empty", reply
 
 
+def check_stored(api: Api, topic: str, logs: list[ProducerLog]) -> list[tuple[int, str]]:
+    """The topic holds every acknowledged message at its offset, gapless, each producer's in
+    order, plus at most the batch in flight at the kill; returns (offset, text) stored."""
+    stored = [(m["offset"], m["message"]) for m in api.read_all(topic, api.consumer(topic))]
+    assert [o for o, _ in stored] == list(range(len(stored))), f"{topic}: gaps"
+    at = dict(stored)
+    for index, log in enumerate(logs):
+        acked = log.acked.get(topic, [])
+        for offset, text in acked:
+            assert at.get(offset) == text, f"acknowledged {text} at {offset} is lost"
+        mine = [m for _, m in stored if m.startswith(f"p{index}|")]
+        sent = [t for _, t in acked]
+        extra = log.in_flight[1] if log.in_flight and log.in_flight[0] == topic else []
+        assert mine in (sent, sent + extra), (
+            f"producer {index} on {topic}: stored {len(mine)}, acknowledged {len(sent)}"
+            f", in flight {len(extra)}")
+    return stored
+
+
 def test_kill_9_under_load_loses_no_acknowledged_message(db_url: str, start_broker) -> None:
     proc: BrokerProcess = start_broker(db_url)
     topics = [unique_topic("dur-a"), unique_topic("dur-b")]
@@ -111,20 +130,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(db_url: str, start_brok
     proc.start()
     with Api(proc.url) as api:
         for topic in topics:
-            reader = api.consumer(topic)
-            stored = [(m["offset"], m["message"]) for m in api.read_all(topic, reader)]
-            assert [o for o, _ in stored] == list(range(len(stored))), f"{topic}: gaps"
-            at = dict(stored)
-            for index, log in enumerate(logs):
-                acked = log.acked.get(topic, [])
-                for offset, text in acked:
-                    assert at.get(offset) == text, f"acknowledged {text} at {offset} is lost"
-                mine = [m for _, m in stored if m.startswith(f"p{index}|")]
-                sent = [t for _, t in acked]
-                extra = log.in_flight[1] if log.in_flight and log.in_flight[0] == topic else []
-                assert mine in (sent, sent + extra), (
-                    f"producer {index} on {topic}: stored {len(mine)}, acknowledged {len(sent)}"
-                    f", in flight {len(extra)}")
+            stored = check_stored(api, topic, logs)
             # The registrations survived: the same producer id appends at the end.
             next_offset = api.produce(topic, logs[0].pids[topic], "after restart")["offsets"]
             assert next_offset == [len(stored), len(stored)]

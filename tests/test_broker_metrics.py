@@ -4,22 +4,7 @@ summed across gunicorn workers."""
 from __future__ import annotations
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    response = requests.get(url + "/metrics", timeout=10)
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+from lqhttp import metric, scrape
 
 
 def test_metrics_count_the_traffic_across_two_workers(db_url: str, start_broker) -> None:
@@ -50,7 +35,7 @@ def test_metrics_count_the_traffic_across_two_workers(db_url: str, start_broker)
     after = scrape(url)
 
     def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+        return metric(after, name, **labels) - metric(before, name, **labels)
 
     assert delta("lq_http_requests_total", endpoint="/producer/produce", method="POST",
                  status="200") == 35
@@ -62,7 +47,7 @@ def test_metrics_count_the_traffic_across_two_workers(db_url: str, start_broker)
     assert delta("lq_produce_batch_size_sum") == 80
     assert delta("lq_consumed_messages_total") == 50
     assert delta("lq_http_request_seconds_count", endpoint="/consumer/consume") == 1
-    assert value(after, "lq_topic_messages", topic="metered") == 80
-    assert value(after, "lq_topic_max_lag", topic="metered") == 30
-    assert value(after, "lq_database_up") == 1
-    assert value(after, "lq_longpoll_waiters") == 0
+    assert metric(after, "lq_topic_messages", topic="metered") == 80
+    assert metric(after, "lq_topic_max_lag", topic="metered") == 30
+    assert metric(after, "lq_database_up") == 1
+    assert metric(after, "lq_longpoll_waiters") == 0

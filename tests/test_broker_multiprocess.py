@@ -11,7 +11,7 @@ import threading
 from collections import defaultdict
 
 import pytest
-import requests
+from lqhttp import Api, Brokers, first_answer, longpoll_waiters, warm_up_long_polls
 from support import wait_until
 
 TOPICS = ("alpha", "beta")
@@ -20,27 +20,13 @@ CONSUMERS = 4
 PER_PRODUCER = 120  # messages per producer, spread over both topics
 
 
-class Client:
-    """Raw HTTP, each request sent to the next url in turn (several brokers, one database)."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = itertools.cycle(urls)
-        self.session = requests.Session()
-
-    def call(self, method: str, path: str, **payload: object) -> dict:
-        response = self.session.request(method, next(self.urls) + path, json=payload, timeout=30)
-        body = response.json()
-        assert response.status_code == 200, body
-        return body
-
-
 def produce_all(urls: list[str], prefix: str) -> dict[str, list[str]]:
     """8 producer threads; returns what each topic should hold, per producer in order."""
     expected: dict[str, list[str]] = defaultdict(list)
     lock = threading.Lock()
 
     def producer(n: int) -> None:
-        client = Client(urls[n % len(urls):] + urls[:n % len(urls)])
+        client = Brokers(urls[n % len(urls):] + urls[:n % len(urls)])
         ids = {t: client.call("POST", "/producer/register", topic=f"{prefix}{t}")["producer_id"]
                for t in TOPICS}
         for i in range(PER_PRODUCER):
@@ -88,12 +74,12 @@ def check_topic_log(received: list[tuple[int, str]], expected: list[str]) -> Non
 def run_traffic(urls: list[str], prefix: str) -> None:
     """8 producers and 4 consumers at once; every consumer gets every message exactly once."""
     for topic in TOPICS:  # consumers register first so they see everything
-        Client(urls).call("POST", "/topics", topic_name=f"{prefix}{topic}")
+        Brokers(urls).call("POST", "/topics", topic_name=f"{prefix}{topic}")
     received: dict[int, dict[str, list[tuple[int, str]]]] = defaultdict(lambda: defaultdict(list))
     total = PRODUCERS * PER_PRODUCER
 
     def consumer(n: int) -> None:
-        client = Client(urls[n % len(urls):] + urls[:n % len(urls)])
+        client = Brokers(urls[n % len(urls):] + urls[:n % len(urls)])
         ids = {t: client.call("POST", "/consumer/register", topic=f"{prefix}{t}")["consumer_id"]
                for t in TOPICS}
 
@@ -134,7 +120,7 @@ def test_clients_alternate_between_two_brokers(pg_url: str, start_broker) -> Non
 def test_one_consumer_id_through_two_brokers_never_duplicates(pg_url: str, start_broker) -> None:
     a = start_broker(pg_url, args=["--workers", "1"])
     b = start_broker(pg_url, args=["--workers", "1"])
-    client = Client([a.url])
+    client = Api(a.url)
     topic = "shared-id"
     pid = client.call("POST", "/producer/register", topic=topic)["producer_id"]
     messages = [f"m{i}" for i in range(600)]
@@ -143,14 +129,13 @@ def test_one_consumer_id_through_two_brokers_never_duplicates(pg_url: str, start
     taken: dict[int, list[tuple[int, str]]] = {0: [], 1: []}
 
     def drain(n: int) -> None:
-        one = Client([(a, b)[n].url])
+        one = Api((a, b)[n].url)
         while True:
-            try:
-                body = one.call("GET", "/consumer/consume", topic=topic, consumer_id=cid)
-            except AssertionError as exc:
-                assert "queue_empty" in str(exc)
+            reply = one.consume(topic, cid)
+            if reply.body.get("error") == "queue_empty":
                 return
-            taken[n].append((body["offset"], body["message"]))
+            assert reply.code == 200, reply
+            taken[n].append((reply.body["offset"], reply.body["message"]))
 
     run_threads(drain, 2)
     both = sorted(taken[0] + taken[1])
@@ -161,20 +146,25 @@ def test_one_consumer_id_through_two_brokers_never_duplicates(pg_url: str, start
 
 
 def test_long_poll_on_a_wakes_for_produce_on_b(pg_url: str, start_broker) -> None:
-    a = start_broker(pg_url, args=["--workers", "1"])
-    b = start_broker(pg_url, args=["--workers", "1"])
+    """Only b's NOTIFY can wake a: a re-checks the database far less often than it waits."""
+    no_recheck = ["--workers", "1", "--recheck-interval", "3600"]
+    a = start_broker(pg_url, args=no_recheck)
+    b = start_broker(pg_url, args=no_recheck)
     topic = "cross-wake"
-    Client([a.url]).call("POST", "/topics", topic_name=topic)
-    cid = Client([a.url]).call("POST", "/consumer/register", topic=topic)["consumer_id"]
+    Api(a.url).call("POST", "/topics", topic_name=topic)
+    cid = Api(a.url).call("POST", "/consumer/register", topic=topic)["consumer_id"]
     result: list[dict] = []
-    waiter = threading.Thread(target=lambda: result.append(Client([a.url]).call(
-        "GET", "/consumer/consume", topic=topic, consumer_id=cid, wait_ms=20000)))
+    waiter = threading.Thread(target=lambda: result.append(Api(a.url, timeout=45).call(
+        "GET", "/consumer/consume", topic=topic, consumer_id=cid, wait_ms=30000)))
+    pid = Api(b.url).call("POST", "/producer/register", topic=topic)["producer_id"]
+    with Api(a.url) as api:
+        warm_up_long_polls(api)
     waiter.start()
-    pid = Client([b.url]).call("POST", "/producer/register", topic=topic)["producer_id"]
-    Client([b.url]).call("POST", "/producer/produce", topic=topic, producer_id=pid,
-                         message="from b")
-    waiter.join(30)
-    assert result and [m["message"] for m in result[0]["messages"]] == ["from b"]
+    wait_until(lambda: longpoll_waiters(a.url) == 1, message="the long-poll on a")
+    Api(b.url).call("POST", "/producer/produce", topic=topic, producer_id=pid, message="from b")
+    waiter.join(20)  # well before the 30 s wait runs out: only a wake-up ends it by then
+    assert result, "the produce on b did not wake the long-poll on a"
+    assert [m["message"] for m in result[0]["messages"]] == ["from b"]
 
 
 @pytest.mark.timeout(180)
@@ -183,33 +173,19 @@ def test_kill_one_of_two_brokers_under_load(pg_url: str, start_broker) -> None:
     a = start_broker(pg_url, args=["--workers", "1"])
     b = start_broker(pg_url, args=["--workers", "1"])
     topic = "survive"
-    Client([a.url]).call("POST", "/topics", topic_name=topic)
+    Api(a.url).call("POST", "/topics", topic_name=topic)
     acknowledged: dict[int, list[str]] = defaultdict(list)
     consumed: dict[int, list[tuple[int, str]]] = defaultdict(list)
     killed = threading.Event()
     stop_consumers = threading.Event()
 
-    def send(urls: list[str], path: str, payload: dict, method: str = "POST") -> dict:
-        """Try each broker in turn: the survivor answers once the other is gone."""
-        for url in itertools.islice(itertools.cycle(urls), 20):
-            try:
-                response = requests.request(method, url + path, json=payload, timeout=10)
-            except requests.ConnectionError:
-                continue
-            body = response.json()
-            if response.status_code == 200:
-                return body
-            if response.status_code != 503:
-                return body
-        raise AssertionError(f"no broker answered {path}")
-
     def producer(n: int) -> None:
         urls = [a.url, b.url] if n % 2 == 0 else [b.url, a.url]
-        pid = send(urls, "/producer/register", {"topic": topic})["producer_id"]
+        pid = first_answer(urls, "POST", "/producer/register", {"topic": topic})["producer_id"]
         for i in range(150):
             message = f"p{n}:{i}"
-            body = send(urls, "/producer/produce", {"topic": topic, "producer_id": pid,
-                                                    "message": message, "seq": i + 1})
+            body = first_answer(urls, "POST", "/producer/produce", {
+                "topic": topic, "producer_id": pid, "message": message, "seq": i + 1})
             assert body["status"] == "success", body
             acknowledged[n].append(message)
             if n == 0 and i == 50:
@@ -218,11 +194,11 @@ def test_kill_one_of_two_brokers_under_load(pg_url: str, start_broker) -> None:
 
     def consumer(n: int) -> None:
         urls = [a.url, b.url] if n % 2 == 0 else [b.url, a.url]
-        cid = send(urls, "/consumer/register", {"topic": topic})["consumer_id"]
+        cid = first_answer(urls, "POST", "/consumer/register", {"topic": topic})["consumer_id"]
         while not stop_consumers.is_set():
             try:
-                body = send(urls, "/consumer/consume", {"topic": topic, "consumer_id": cid,
-                                                        "max": 20, "wait_ms": 100}, "GET")
+                body = first_answer(urls, "GET", "/consumer/consume", {
+                    "topic": topic, "consumer_id": cid, "max": 20, "wait_ms": 100})
             except AssertionError:
                 continue
             consumed[n].extend((m["offset"], m["message"]) for m in body.get("messages", []))
@@ -232,15 +208,9 @@ def test_kill_one_of_two_brokers_under_load(pg_url: str, start_broker) -> None:
     run_threads(producer, 4)
     assert killed.is_set()
     # Consumers catch up through the survivor, then stop.
-    survivor = Client([b.url])
-    full_log = []
-    fresh = survivor.call("POST", "/consumer/register", topic=topic)["consumer_id"]
-    while True:
-        batch = survivor.call("GET", "/consumer/fetch", topic=topic, consumer_id=fresh,
-                              offset=len(full_log), max=1000)["messages"]
-        if not batch:
-            break
-        full_log.extend((m["offset"], m["message"]) for m in batch)
+    with Api(b.url) as survivor:
+        full_log = [(m["offset"], m["message"])
+                    for m in survivor.read_all(topic, survivor.consumer(topic))]
     wait_until(lambda: all(consumed[n] and consumed[n][-1][0] >= len(full_log) - 1
                            for n in range(2)), timeout=30, message="consumers to catch up")
     stop_consumers.set()

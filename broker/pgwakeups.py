@@ -1,0 +1,110 @@
+"""Long-poll wake-ups across processes on PostgreSQL: NOTIFY after appends, LISTEN for all.
+
+`Wakeups` (wakeups.py) wakes the waiters of one process; this bridge carries an append's
+wake-up to every other broker process on the same database. NOTIFY goes out from its own
+short transaction (inside the append it cost throughput), throttled per topic on the
+trailing edge: one round at most every few milliseconds, and always one after the last
+append. One LISTEN connection per process, opened lazily by the first long-poll (after any
+fork), which waits (briefly) until it listens: from then on no append is missed. A
+notification is only a hint: waiters re-check the database every re-check interval
+(store/consumers.py), so a lost one costs that interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from .store.queries import LISTEN, NOTIFY_CHANNEL, NOTIFY_TOPICS
+from .wakeups import Wakeups
+
+log = logging.getLogger("broker.wakeups")
+
+NOTIFY_THROTTLE_SECONDS = 0.005
+RECONNECT_SECONDS = 1.0
+LISTEN_PROBE_SECONDS = 5.0  # how often a quiet LISTEN connection is checked for life
+LISTEN_READY_SECONDS = 5.0  # the longest the first long-poll waits for LISTEN to be in place
+
+
+class PgWakeupBridge:
+    def __init__(self, engine: Engine, wakeups: Wakeups) -> None:
+        self._engine = engine
+        self._wakeups = wakeups
+        self._lock = threading.Lock()
+        self._pending: set[int] = set()
+        self._has_pending = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
+        self._listened = threading.Event()  # set once LISTEN first succeeded; never cleared
+
+    def appended(self, topic_id: int) -> None:
+        """Tell the other processes (soon) that `topic_id` has new messages."""
+        with self._lock:
+            self._pending.add(topic_id)
+            if self._sender is None:
+                self._sender = self._start(self._send_loop, "lq-notify")
+        self._has_pending.set()
+
+    def ensure_listening(self) -> None:
+        """Start listening, once per process. Until LISTEN first succeeds, callers wait for
+        it (a bounded time), so a waiter's first read of the database is followed by the
+        notification of every append it did not see."""
+        if self._listener is None:
+            with self._lock:
+                if self._listener is None:
+                    self._listener = self._start(self._listen_loop, "lq-listen")
+        if not self._listened.is_set():
+            self._listened.wait(LISTEN_READY_SECONDS)
+
+    @staticmethod
+    def _start(target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _send_loop(self) -> None:
+        while True:
+            self._has_pending.wait()
+            self._has_pending.clear()
+            with self._lock:
+                topics, self._pending = self._pending, set()
+            if topics:
+                try:
+                    with self._engine.begin() as conn:
+                        conn.execute(NOTIFY_TOPICS, {"channel": NOTIFY_CHANNEL,
+                                                     "ids": sorted(topics)})
+                except Exception as exc:  # noqa: BLE001 - a hint only; waiters re-check
+                    log.warning("NOTIFY failed: %s", exc)
+            time.sleep(NOTIFY_THROTTLE_SECONDS)  # the throttle window, not synchronization
+
+    def _listen_loop(self) -> None:
+        while True:
+            try:
+                self._listen_once()
+            except Exception as exc:  # noqa: BLE001 - reconnect; waiters re-check meanwhile
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+            time.sleep(RECONNECT_SECONDS)
+
+    def _listen_once(self) -> None:
+        proxied = self._engine.raw_connection()
+        proxied.detach()  # our own connection, never returned to the pool
+        conn = proxied.dbapi_connection
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(LISTEN)
+            self._listened.set()
+            while True:
+                if select.select([conn], [], [], LISTEN_PROBE_SECONDS)[0]:
+                    conn.poll()
+                    while conn.notifies:
+                        self._wakeups.notify(int(conn.notifies.pop(0).payload))
+                else:
+                    conn.poll()  # raises if the connection died quietly
+        finally:
+            conn.close()

@@ -1,0 +1,82 @@
+"""The only package that knows SQL: topics, messages, producers and consumer positions.
+
+One module per noun, as rq and procrastinate do:
+
+- ``queries``: every statement, named, grouped by noun;
+- ``dialect``: what differs between SQLite and PostgreSQL, one object per database;
+- ``driver``: driver errors translated in one place (constraint name -> domain error);
+- ``database``: the engine, its dialect, transactions (a caller's connection may be joined);
+- ``caches``: topic ids and registrations, and the retry when a cached topic id is stale;
+- ``topics``, ``producers`` (appends, idempotence), ``consumers`` (positions, long-polls),
+  ``pruning`` (retention): the nouns, each given what it needs;
+- ``records``: the plain records they hand back.
+
+`Store` puts them together for one app: ``get_store(app).producers.append(...)``.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy import Engine
+
+from ..models import db
+from ..wakeups import Wakeups
+from .caches import Caches
+from .consumers import Consumers
+from .database import Database, configure_engine, create_schema, default_workers, max_connections
+from .dialect import connect_args
+from .producers import Producers
+from .pruning import Pruner
+from .records import AppendRequest, AppendResult, Batch, Message, TopicInfo, TopicStats, iso_time
+from .topics import Topics
+
+__all__ = ["AppendRequest", "AppendResult", "Batch", "Message", "Store", "TopicInfo",
+           "TopicStats", "configure_engine", "connect_args", "create_schema",
+           "default_workers", "get_store", "init_app", "iso_time", "max_connections"]
+
+EXTENSION = "logqueue.store"
+RECHECK_SECONDS = 1.0  # default for LQ_RECHECK_INTERVAL
+
+
+class Store:
+    """All reads and writes of one database, plus the in-process structures that speed them up
+    (caches, group commit, wake-ups)."""
+
+    def __init__(self, engine: Engine, *, default_retention_ms: int | None = None,
+                 consumer_ttl_ms: int | None = None,
+                 recheck_interval: float = RECHECK_SECONDS) -> None:
+        self.db = Database(engine)
+        self.dialect = self.db.dialect.name
+        self.wakeups = Wakeups()
+        bridge = self.db.dialect.wakeup_bridge(engine, self.wakeups)
+        self.caches = Caches(self.db)
+        self.topics = Topics(self.db, self.caches, self.wakeups)
+
+        def appended(topic_id: int) -> None:
+            self.wakeups.notify(topic_id)
+            if bridge is not None:
+                bridge.appended(topic_id)
+
+        self.producers = Producers(self.db, self.caches, self.topics, appended)
+        self.consumers = Consumers(self.db, self.caches, self.wakeups, bridge,
+                                   recheck_interval, consumer_ttl_ms)
+        self.pruner = Pruner(self.db, default_retention_ms, consumer_ttl_ms)
+
+    def ping(self) -> None:
+        self.db.ping()
+
+
+def init_app(app: Flask) -> None:
+    """Bind Flask-SQLAlchemy and a Store to the app; connections open lazily, after any fork."""
+    db.init_app(app)
+    with app.app_context():
+        engine = db.engine
+    configure_engine(engine)
+    app.extensions[EXTENSION] = Store(
+        engine, default_retention_ms=app.config.get("LQ_RETENTION_MS"),
+        consumer_ttl_ms=app.config.get("LQ_CONSUMER_TTL_MS"),
+        recheck_interval=float(app.config.get("LQ_RECHECK_INTERVAL") or RECHECK_SECONDS))
+
+
+def get_store(app: Flask) -> Store:
+    return app.extensions[EXTENSION]

@@ -1,0 +1,100 @@
+"""One database: its engine, its dialect, and the transactions every store module runs in."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, TextClause
+
+from ..errors import Unavailable
+from ..models import SCHEMA_VERSION, metadata, schema_version
+from .dialect import Dialect, dialect_for
+from .driver import IdTaken, translate_errors
+from .queries import PING
+from .records import new_id, now_us
+
+ID_ATTEMPTS = 5
+
+WRITE_LOCK_TIMEOUT = 30.0  # SQLite: the longest a write waits for this process's write slot
+
+
+class Database:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect: Dialect = dialect_for(engine)
+        self._write_lock: threading.Lock | None = self.dialect.write_lock()
+
+    @contextmanager
+    def transaction(self, write: bool = False,
+                    conn: Connection | None = None) -> Iterator[Connection]:
+        """A transaction with driver errors translated; `conn`: the caller's, joined as is
+        (so several store calls make one transaction)."""
+        if conn is not None:
+            yield conn
+            return
+        with self.translated():
+            locked = self._write_lock is not None and write
+            if locked and not self._write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
+                raise Unavailable("the database is busy: no write slot within "
+                                  f"{WRITE_LOCK_TIMEOUT:.0f} s")
+            try:
+                with self.engine.connect() as new:
+                    new.execution_options(lq_write=write)
+                    with new.begin():
+                        yield new
+            finally:
+                if locked:
+                    self._write_lock.release()
+
+    def translated(self, **context: Any) -> AbstractContextManager[None]:
+        """Driver errors translated (driver.py) with `context` for the messages, for a block
+        inside or outside `transaction`."""
+        return translate_errors(self.dialect, **context)
+
+    def insert_with_new_id(self, conn: Connection, statement: TextClause,
+                           params: dict[str, Any]) -> int:
+        """Insert a row under a new random id; a collision (about 1 in 2**53) retries with
+        another. Other conflicts (driver.py) go to the caller."""
+        for _ in range(ID_ATTEMPTS):
+            new = new_id()
+            savepoint = conn.begin_nested()
+            try:
+                with self.translated(id=new, **params):
+                    conn.execute(statement, {**params, "id": new, "now": now_us()})
+            except IdTaken:
+                savepoint.rollback()
+                continue
+            savepoint.commit()
+            return new
+        raise RuntimeError("could not find a free random id")
+
+    def ping(self) -> None:
+        with self.transaction() as conn:
+            conn.execute(PING)
+
+
+def configure_engine(engine: Engine) -> None:
+    dialect_for(engine).configure(engine)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables once (one broker at a time) and record the version."""
+    dialect = dialect_for(engine)
+    with translate_errors(dialect), engine.begin() as conn:
+        dialect.lock_schema(conn)
+        metadata.create_all(conn)
+        if conn.execute(schema_version.select()).first() is None:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+
+
+def max_connections(engine: Engine) -> int | None:
+    """The database's connection limit (None: none to respect), to warn before workers
+    exhaust it."""
+    return dialect_for(engine).max_connections(engine)
+
+
+def default_workers(engine: Engine) -> int:
+    return dialect_for(engine).default_workers

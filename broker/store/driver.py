@@ -1,0 +1,69 @@
+"""Driver errors stop here, translated in one place (procrastinate's `wrap_exceptions`).
+
+A unique constraint that refuses a row becomes the domain error its name stands for; a
+database that does not answer becomes `Unavailable` (503: nothing was acknowledged). Any
+other driver error is a bug and goes on as it is (a logged 500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from sqlalchemy import exc as sa_exc
+
+from ..errors import TopicExists, Unavailable
+from ..models import CONSUMER_ID_KEY, CONSUMER_NAME_KEY, PRODUCER_ID_KEY, TOPIC_NAME_KEY
+
+
+class UniqueViolation(Exception):
+    """A unique constraint refused a row. Store-internal: callers turn each kind into an
+    answer, so one that escapes is a bug (a 500), as an untranslated driver error would be."""
+
+
+class IdTaken(UniqueViolation):
+    """A random registration id collided with an existing one (about 1 in 2**53): retry."""
+
+
+class NameTaken(UniqueViolation):
+    """A consumer name was registered concurrently on the same topic: that one won."""
+
+
+#: Constraint name (models.py) -> the error it means, given what the caller said it was doing.
+UNIQUE_ERRORS: dict[str, Callable[[Mapping[str, Any]], Exception]] = {
+    TOPIC_NAME_KEY: lambda p: TopicExists(f"Topic '{p.get('name')}' already exists"),
+    PRODUCER_ID_KEY: lambda p: IdTaken(f"producer id {p.get('id')} is taken"),
+    CONSUMER_ID_KEY: lambda p: IdTaken(f"consumer id {p.get('id')} is taken"),
+    CONSUMER_NAME_KEY: lambda p: NameTaken(f"consumer name {p.get('name')!r} is taken"),
+}
+
+UNANSWERED = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+              sa_exc.TimeoutError)
+
+
+class NamesConstraints(Protocol):
+    def constraint_name(self, exc: sa_exc.IntegrityError) -> str | None: ...
+
+
+@contextmanager
+def translate_errors(dialect: NamesConstraints, **context: Any) -> Iterator[None]:
+    """Run the block with driver errors translated (see the module's docstring); `context`
+    (a topic's `name`, say) goes into the domain error's message."""
+    try:
+        yield
+    except sa_exc.IntegrityError as exc:
+        make = UNIQUE_ERRORS.get(dialect.constraint_name(exc) or "")
+        if make is None:
+            raise
+        raise make(context) from exc
+    except UNANSWERED as exc:
+        raise Unavailable(f"the database is unavailable: {_first_line(exc)}") from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable(f"the database connection was lost: {_first_line(exc)}") from exc
+        raise
+
+
+def _first_line(exc: sa_exc.StatementError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__

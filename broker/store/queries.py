@@ -1,0 +1,129 @@
+"""Every statement the broker runs, as named constants grouped by noun.
+
+Only the store's modules use these. The dialects (dialect.py) choose between the few that
+differ between SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, text
+
+# --- topics ------------------------------------------------------------------------------------
+INSERT_TOPIC = text(
+    "INSERT INTO lq_topics (name, next_offset, first_offset, created_us, retention_ms, "
+    "retention_messages) VALUES (:name, 0, 0, :now, :retention_ms, :retention_messages)")
+INSERT_TOPIC_IF_MISSING = text(
+    "INSERT INTO lq_topics (name, next_offset, first_offset, created_us) "
+    "VALUES (:name, 0, 0, :now) ON CONFLICT (name) DO NOTHING")
+SELECT_TOPIC_ID = text("SELECT id FROM lq_topics WHERE name = :name")
+SELECT_TOPIC_NAMES = text("SELECT name FROM lq_topics ORDER BY id")
+SELECT_TOPIC_BOUNDS = text("SELECT first_offset, next_offset FROM lq_topics WHERE id = :topic")
+LOCK_TOPIC_COUNTER_PG = text("SELECT next_offset FROM lq_topics WHERE id = :topic FOR UPDATE")
+LOCK_TOPIC_COUNTER_SQLITE = text(  # the write transaction's BEGIN IMMEDIATE is the lock
+    "SELECT next_offset FROM lq_topics WHERE id = :topic")
+ADVANCE_TOPIC_COUNTER = text(
+    "UPDATE lq_topics SET next_offset = next_offset + :n WHERE id = :topic RETURNING next_offset")
+SET_TOPIC_COUNTER = text("UPDATE lq_topics SET next_offset = :next WHERE id = :topic")
+SET_TOPIC_RETENTION = text(
+    "UPDATE lq_topics SET retention_ms = :retention_ms, retention_messages = :retention_messages "
+    "WHERE id = :topic")
+SELECT_TOPIC = text(
+    "SELECT name, first_offset, next_offset, retention_ms, retention_messages, created_us "
+    "FROM lq_topics WHERE id = :topic")
+SELECT_TOPIC_CONSUMERS = text(
+    "SELECT name, position FROM lq_consumers WHERE topic_id = :topic ORDER BY created_us")
+COUNT_TOPIC_PRODUCERS = text("SELECT COUNT(*) FROM lq_producers WHERE topic_id = :topic")
+DELETE_TOPIC = (
+    text("DELETE FROM lq_messages WHERE topic_id = :topic"),
+    text("DELETE FROM lq_producers WHERE topic_id = :topic"),
+    text("DELETE FROM lq_consumers WHERE topic_id = :topic"),
+    text("DELETE FROM lq_topics WHERE id = :topic"),
+)
+SELECT_STATS = text(
+    "SELECT t.name, t.first_offset, t.next_offset, COUNT(c.id), "
+    "       COALESCE(MAX(CASE WHEN c.id IS NULL THEN 0 "
+    "                         WHEN c.position > t.first_offset THEN t.next_offset - c.position "
+    "                         ELSE t.next_offset - t.first_offset END), 0) "
+    "FROM lq_topics t LEFT JOIN lq_consumers c ON c.topic_id = t.id "
+    "GROUP BY t.id, t.name, t.first_offset, t.next_offset ORDER BY t.id")
+
+# --- retention ---------------------------------------------------------------------------------
+SELECT_RETAINED_TOPICS = text(
+    "SELECT id, first_offset, next_offset, retention_ms, retention_messages FROM lq_topics "
+    "WHERE next_offset > first_offset")
+SELECT_OFFSET_TIMES = text(
+    "SELECT msg_offset, ts_us FROM lq_messages WHERE topic_id = :topic AND msg_offset >= :start "
+    "ORDER BY msg_offset LIMIT :limit")
+PRUNE_MESSAGES = text(
+    "DELETE FROM lq_messages WHERE topic_id = :topic AND msg_offset >= :start "
+    "AND msg_offset < :cut")
+MOVE_FIRST_OFFSET = text(
+    "UPDATE lq_topics SET first_offset = :cut WHERE id = :topic AND first_offset < :cut")
+EXPIRE_CONSUMERS = text("DELETE FROM lq_consumers WHERE name IS NULL AND active_us < :cutoff")
+TRY_PRUNE_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+PRUNE_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
+
+# --- producers ---------------------------------------------------------------------------------
+INSERT_PRODUCER = text(
+    "INSERT INTO lq_producers (id, topic_id, created_us) VALUES (:id, :topic, :now)")
+SELECT_PRODUCER_TOPIC = text("SELECT topic_id FROM lq_producers WHERE id = :id")
+SELECT_PRODUCER_SEQS = text(
+    "SELECT id, last_seq, last_first, last_last FROM lq_producers "
+    "WHERE topic_id = :topic AND id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+DELETE_PRODUCER = text("DELETE FROM lq_producers WHERE id = :id AND topic_id = :topic")
+UPDATE_PRODUCER_SEQ = text(
+    "UPDATE lq_producers SET last_seq = :seq, last_first = :first, last_last = :last "
+    "WHERE id = :id")
+
+# --- consumers ---------------------------------------------------------------------------------
+INSERT_CONSUMER = text(
+    "INSERT INTO lq_consumers (id, topic_id, name, position, created_us, active_us) "
+    "VALUES (:id, :topic, :name, :position, :now, :now)")
+TOUCH_CONSUMER = text("UPDATE lq_consumers SET active_us = :now WHERE id = :id")
+SELECT_CONSUMER_TOPIC = text("SELECT topic_id FROM lq_consumers WHERE id = :id")
+SELECT_NAMED_CONSUMER = text(
+    "SELECT id FROM lq_consumers WHERE topic_id = :topic AND name = :name")
+SELECT_CONSUMER_LAG = text(
+    "SELECT c.position, t.first_offset, t.next_offset FROM lq_consumers c "
+    "JOIN lq_topics t ON t.id = c.topic_id WHERE c.id = :id")
+SET_CONSUMER_POSITION = text("UPDATE lq_consumers SET position = :position WHERE id = :id")
+ADVANCE_CONSUMER_POSITION = text(
+    "UPDATE lq_consumers SET position = :position WHERE id = :id AND position < :position")
+SELECT_CONSUMER_POSITION = text("SELECT position FROM lq_consumers WHERE id = :id")
+DELETE_CONSUMER = text("DELETE FROM lq_consumers WHERE id = :id AND topic_id = :topic")
+
+# One round trip on PostgreSQL: lock the position, read the range after it, move it past.
+# The position is a scalar subquery (an InitPlan), so the read is an index range scan that
+# starts at the position; a join with `cur` read the topic from offset 0 and filtered.
+TAKE_MESSAGES_PG = text(
+    "WITH cur AS (SELECT position FROM lq_consumers WHERE id = :id FOR UPDATE), "
+    "taken AS (SELECT m.msg_offset, m.body, m.ts_us FROM lq_messages m "
+    "          WHERE m.topic_id = :topic AND m.msg_offset >= (SELECT position FROM cur) "
+    "          ORDER BY m.msg_offset LIMIT :limit), "
+    "moved AS (UPDATE lq_consumers SET position = (SELECT MAX(msg_offset) + 1 FROM taken) "
+    "          WHERE id = :id AND EXISTS (SELECT 1 FROM taken)) "
+    "SELECT msg_offset, body, ts_us, (SELECT position FROM cur) FROM taken "
+    "ORDER BY msg_offset")
+
+# --- messages ----------------------------------------------------------------------------------
+SELECT_MESSAGES = text(
+    "SELECT msg_offset, body, ts_us FROM lq_messages "
+    "WHERE topic_id = :topic AND msg_offset >= :start ORDER BY msg_offset LIMIT :limit")
+# Appends go through the driver's cursor (see dialect.py): plain DB-API strings.
+COPY_MESSAGES = "COPY lq_messages (topic_id, msg_offset, body, ts_us) FROM STDIN"
+INSERT_MESSAGE_SQLITE = (
+    "INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) VALUES (?, ?, ?, ?)")
+INSERT_MESSAGE_PG = (
+    "INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) VALUES (%s, %s, %s, %s)")
+
+# --- wake-ups across processes (PostgreSQL) ----------------------------------------------------
+NOTIFY_CHANNEL = "lq_append"
+NOTIFY_TOPICS = text(
+    "SELECT pg_notify(:channel, CAST(t AS text)) FROM unnest(CAST(:ids AS bigint[])) AS t")
+LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+
+# --- schema and health -------------------------------------------------------------------------
+LOCK_SCHEMA_PG = text("SELECT pg_advisory_xact_lock(:key)")
+SHOW_MAX_CONNECTIONS_PG = text("SHOW max_connections")
+PING = text("SELECT 1")

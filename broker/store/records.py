@@ -1,0 +1,89 @@
+"""What the store hands back and takes in: plain records, no database handles."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import NamedTuple
+
+from ..errors import BrokerError
+
+MAX_ID = 2**53
+
+
+class Message(NamedTuple):
+    offset: int
+    body: str
+    ts_us: int
+
+
+@lru_cache(maxsize=4096)
+def iso_time(ts_us: int) -> str:
+    """ISO-8601 UTC; cached because a group commit gives many messages one time."""
+    return datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat(timespec="microseconds")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def new_id() -> int:
+    """A random positive id below 2**53: unguessable, and an int that JSON keeps exact."""
+    return secrets.randbelow(MAX_ID - 1) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    producer_id: int
+    bodies: Sequence[str]
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    first: int | None
+    last: int | None
+    duplicate: bool = False
+    error: BrokerError | None = None  # this request failed; the rest of its group did not
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    messages: list[Message]
+    skipped: int = 0  # messages pruned by retention between the position and the first here
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    name: str | None
+    position: int
+    lag: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    topic: str
+    first_offset: int
+    next_offset: int
+    retention_ms: int | None
+    retention_messages: int | None
+    created_us: int
+    producers: int
+    consumers: list[ConsumerInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicStats:
+    topic: str
+    first_offset: int
+    next_offset: int
+    consumers: int
+    max_lag: int
+
+    @property
+    def messages(self) -> int:
+        return self.next_offset - self.first_offset
