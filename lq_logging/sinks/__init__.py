@@ -49,6 +49,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 from sdk.contract import parse_bool, parse_size
+from sdk.render import parse_object
 
 
 @dataclass(slots=True)
@@ -74,15 +75,8 @@ class Entry:
     def decode(cls, topic: str, offset: int, raw: str, ts: datetime | None = None) -> Entry:
         """Decode ``raw``: a JSON object is the record; anything else becomes
         ``{"message": raw}``."""
-        record: Any = None
-        if raw[:1] == "{":
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                record = None
-        if not isinstance(record, dict):
-            record = {"message": raw}
-        return cls(topic, offset, record, raw, ts)
+        record = parse_object(raw)
+        return cls(topic, offset, record if record is not None else {"message": raw}, raw, ts)
 
 
 @runtime_checkable
@@ -151,30 +145,6 @@ def pause(seconds: float) -> None:
 
 
 # --- helpers shared by the sinks ---------------------------------------------------------
-
-LEVEL_COLOURS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m",
-                 "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
-RESET = "\x1b[0m"
-
-
-def format_text(entry: Entry, *, colour: bool = False) -> str:
-    """One human line: ``TIME LEVEL logger: message`` (+ exception and stack text)."""
-    rec = entry.record
-    when = rec.get("time") or (entry.ts.isoformat() if entry.ts else "-")
-    level = str(rec.get("level") or "-")
-    logger = rec.get("logger")
-    message = rec.get("message")
-    if not isinstance(message, str):
-        message = json.dumps(message, ensure_ascii=False, default=repr)
-    head = f"{level:<8}"
-    if colour:
-        head = f"{LEVEL_COLOURS.get(level, '')}{head}{RESET}"
-    line = f"{when} {head} {logger}: {message}" if logger else f"{when} {head} {message}"
-    for key in ("exception", "stack"):
-        if rec.get(key):
-            line += "\n" + str(rec[key]).rstrip("\n")
-    return line
-
 
 def dumps(record: Mapping[str, Any]) -> str:
     """A record as one compact JSON line (no newline), non-JSON values as repr."""
@@ -290,5 +260,4 @@ class _Completed:
 #: ``parse_bool`` and ``parse_size`` are sdk.contract's, re-exported for the sinks' options
 #: (and for code that imported them from here).
 __all__ = ["Entry", "Interrupted", "Rejected", "Sink", "SinkError", "build_sink", "dumps",
-           "format_text", "import_attribute", "interruptible", "parse_bool", "parse_size",
-           "pause"]
+           "import_attribute", "interruptible", "parse_bool", "parse_size", "pause"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lq_logging.sinks import Entry, dumps, format_text
+from lq_logging.sinks import Entry, dumps
 from sdk.contract import parse_bool, parse_size
+from sdk.render import format_text
 
 
 class FileSink:
@@ -43,7 +44,10 @@ class FileSink:
         self._size = self._file.tell()
 
     def _encode(self, entry: Entry) -> bytes:
-        line = dumps(entry.record) if self.format == "json" else format_text(entry)
+        if self.format == "json":
+            line = dumps(entry.record)
+        else:
+            line = format_text(entry.record, ts=entry.ts)
         return (line + "\n").encode("utf-8", "backslashreplace")
 
     def write(self, batch: list[Entry]) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from typing import IO
 
-from lq_logging.sinks import Entry, dumps, format_text
+from lq_logging.sinks import Entry, dumps
 from sdk.contract import parse_bool
+from sdk.render import format_text
 
 
 class StdoutSink:
@@ -34,7 +35,7 @@ class StdoutSink:
         if self.format == "json":
             lines = [dumps(entry.record) for entry in batch]
         else:
-            lines = [format_text(entry, colour=self.colour) for entry in batch]
+            lines = [format_text(entry.record, ts=entry.ts, colour=self.colour) for entry in batch]
         if lines:
             self.stream.write("\n".join(lines) + "\n")
 
