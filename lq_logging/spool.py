@@ -40,6 +40,7 @@ The spool is not thread-safe: one sender thread owns it (see ``handler.py``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -65,6 +66,17 @@ class SpoolBatch:
     count: int
     offset: int
     length: int
+
+
+def _encode(entry: dict) -> bytes:
+    return (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+        "utf-8", "surrogatepass")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _sync_file(fd: int) -> None:
@@ -207,21 +219,15 @@ class Spool:
     # -- writing ------------------------------------------------------------------------
 
     def _write(self, entry: dict) -> tuple[int, int]:
-        data = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
-            "utf-8", "surrogatepass")
+        data = _encode(entry)
         offset = self._size
-        view = memoryview(data)
         self._dirty = True
         try:
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
+            _write_all(self.fd, data)
         except OSError:
             # A partial line (disk full) would glue itself to the next entry: cut it off.
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, offset)
-            except OSError:
-                pass
             raise
         self._size += len(data)
         return offset, len(data)
@@ -305,10 +311,15 @@ class Spool:
             self._size = 0
             self._dirty = True
             return
-        self._write({"op": "d", "id": batch.id})
-        dead = self._size - self._live_bytes
-        if dead > COMPACT_BYTES and dead > self._live_bytes:
-            self._rewrite()
+        try:
+            self._write({"op": "d", "id": batch.id})
+            dead = self._size - self._live_bytes
+            if dead > COMPACT_BYTES and dead > self._live_bytes:
+                self._rewrite()
+        except OSError:
+            # A full disk: the batch is forgotten here all the same. A replay of it (after a
+            # crash) repeats its recorded seq, which the broker drops as a duplicate.
+            pass
 
     def trim(self, max_bytes: int) -> int:
         """Drop the oldest batches until the live ones fit in ``max_bytes`` (the newest one
@@ -335,25 +346,30 @@ class Spool:
         return len(self.batches)
 
     def _rewrite(self) -> None:
-        """Copy the live batches into a new locked file and rename it over this one."""
+        """Copy the live batches into a new locked file and rename it over this one (on an
+        error, e.g. a full disk, the old file stays as it was)."""
         tmp = f"{self.path}.tmp-{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        old_fd, batches = self.fd, list(self.batches)
-        messages = [self.read(b) for b in batches]
-        self.fd, self._size, self._live_bytes, self.live_records = fd, 0, 0, 0
-        self.batches.clear()
-        self._by_id.clear()
-        for batch, msgs in zip(batches, messages, strict=True):
-            offset, length = self._write({"op": "b", "id": batch.id, "t": batch.topic,
-                                          "p": batch.producer_id, "s": batch.seq, "m": msgs})
-            batch.offset, batch.length = offset, length
-            self._by_id[batch.id] = batch
-            self.batches.append(batch)
-            self.live_records += batch.count
-            self._live_bytes += length
-        self.sync()  # the copy is whole on disk before it replaces the original
-        os.replace(tmp, self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            entries = [(b, self.read(b)) for b in self.batches]
+            data = b"".join(_encode({"op": "b", "id": b.id, "t": b.topic, "p": b.producer_id,
+                                     "s": b.seq, "m": msgs}) for b, msgs in entries)
+            _write_all(fd, data)
+            if self.fsync:
+                _sync_file(fd)  # the copy is whole on disk before it replaces the original
+            os.replace(tmp, self.path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        old_fd, self.fd, self._size = self.fd, fd, len(data)
+        offset = 0
+        for batch, _ in entries:
+            batch.offset, batch.length = offset, data.index(b"\n", offset) + 1 - offset
+            offset += batch.length
+        self._live_bytes, self._dirty = len(data), False
         if self.fsync:
             _sync_dir(os.path.dirname(self.path))
         os.close(old_fd)
@@ -366,10 +382,8 @@ class Spool:
             return
         self.closed = True
         if not self.batches:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
-            except OSError:
-                pass
         os.close(self.fd)
 
     def abandon(self) -> None:
@@ -377,10 +391,8 @@ class Spool:
         file (``flock`` stays held while the parent's descriptor is open)."""
         if not self.closed:
             self.closed = True
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass
 
 
 def adopt_orphans(directory: str, exclude: Sequence[str] = (), *,
