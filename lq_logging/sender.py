@@ -87,6 +87,7 @@ class Sender:
         self.stopping = False
         self.ident: int | None = None
         self.thread: threading.Thread | None = None
+        self._spool_failing = False
         self._gather = max(1, min(settings.batch_size, settings.queue_size // 4))
 
     def start(self) -> None:
@@ -145,6 +146,9 @@ class Sender:
         moved = False
         while True:
             to_spool = self._to_spool()
+            if to_spool and self.backlog.spool_error:
+                self._add([], True)  # a spool that failed is tried again: the outbox first
+                to_spool = self.backlog.spool_error is None
             if not to_spool and self.backlog.outbox:
                 return moved  # in memory, one batch waits at a time: the queue holds the rest
             if to_spool and not self._due():
@@ -161,12 +165,15 @@ class Sender:
         error = self.backlog.spool_error
         if lost:
             self.counters.drop(lost, "the spool is full (spool_max_bytes)")
-        if error and error != self.counters.last_error and to_spool:
+        if error and to_spool:
+            if error != self.counters.last_error and not self._spool_failing:
+                diagnostics.error("cannot write the spool in %s (%s); holding records in "
+                                  "memory", self.settings.spool_dir, error)
             self.counters.error(error, "spool")
-            diagnostics.error("cannot write the spool in %s (%s); holding records in memory",
-                              self.settings.spool_dir, error)
-        elif not error:
+        elif not error and self._spool_failing:
             self.counters.clear("spool")
+            diagnostics.info("the spool in %s takes writes again", self.settings.spool_dir)
+        self._spool_failing = bool(error)
         if self.box.blocked:
             with self.box.space:
                 self.box.space.notify_all()
