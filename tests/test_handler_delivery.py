@@ -178,7 +178,7 @@ def test_broker_restart_mid_stream_delivers_every_record_exactly_once(
         for i in range(1000, 3000):
             log.info("r %d", i)
         wait_until(lambda: handler.stats()["spooled"] > 0, message="records spooled")
-        assert handler.stats()["retries"] > 0
+        assert handler.stats()["retries"] > 0 and handler.stats()["last_error"]
         broker.start()  # the same port
         for i in range(3000, 4000):
             log.info("r %d", i)
@@ -187,6 +187,7 @@ def test_broker_restart_mid_stream_delivers_every_record_exactly_once(
         assert messages(records, "r ") == [f"r {i}" for i in range(4000)]
         stats = handler.stats()
         assert stats["sent"] == 4000 and stats["dropped"] == 0 and stats["spooled"] == 0
+        assert stats["last_error"] is None, "cleared once the broker answers again"
         assert not list((tmp_path / "sp").glob("*.spool")) or all(
             p.stat().st_size == 0 for p in (tmp_path / "sp").glob("*.spool"))
     finally:
