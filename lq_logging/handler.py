@@ -200,7 +200,7 @@ class LogQueueHandler(logging.Handler):
                 return False
             if isinstance(rv, logging.LogRecord):
                 record = rv
-        if threading.get_ident() == self._sender.ident:
+        if threading.get_ident() in self._sender.idents:
             return False  # the sender's own libraries logging: never loop back
         if self._closed:
             self._counters.drop(1)
@@ -288,7 +288,7 @@ class LogQueueHandler(logging.Handler):
         while the broker is down."""
         sender = self._sender
         if (not self._started or self._closed or sender.thread is None
-                or threading.get_ident() == self._sender.ident):
+                or threading.get_ident() in self._sender.idents):
             return
         mark = FlushMark()
         with self._start_lock:

@@ -47,7 +47,8 @@ class Counters:
 
     ``last_error`` of kind ``"broker"`` clears when the broker answers again, of kind
     ``"spool"`` when the spool takes a write again; a reason for dropped records stays.
-    ``drop_error`` is the error current when records were last dropped."""
+    ``drop_error``, quoted when the drops are reported, is the error current while drops
+    wait to be reported: the latest one, not the first."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -58,6 +59,8 @@ class Counters:
 
     def error(self, text: str, kind: str | None = None) -> None:
         self.last_error, self._kind = text, kind
+        if self.unreported:
+            self.drop_error = text
 
     def clear(self, kind: str) -> None:
         if self._kind == kind:
@@ -69,12 +72,13 @@ class Counters:
             self.unreported += count
             if reason:
                 self.error(reason)
-            self.drop_error = self.last_error
+            self.drop_error = self.last_error or self.drop_error
 
     def take_unreported(self) -> tuple[int, str | None]:
         with self.lock:
-            count, self.unreported = self.unreported, 0
-            return count, self.drop_error
+            count, reason = self.unreported, self.drop_error
+            self.unreported, self.drop_error = 0, None
+            return count, reason
 
 
 __all__ = ["BUSY", "Counters", "FlushMark", "Mailbox", "Stop"]

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 from lq_logging.backlog import Backlog, Batch, Head
 from lq_logging.diagnostics import diagnostics
@@ -41,6 +44,37 @@ from lq_logging.settings import Settings
 from sdk import BadRequest, Client, LogQueueError, NotRegistered, Producer, TooLarge, UnknownId
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class Poster:
+    """Runs the sender's requests, one at a time, on a daemon thread of its own."""
+
+    def __init__(self, idents: set[int]) -> None:
+        self.idents = idents  # the threads whose own records the handler drops
+        self._jobs: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="lq-poster", daemon=True)
+            self._thread.start()
+            self.idents.add(self._thread.ident)  # type: ignore[arg-type]
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the sender, which sorts it
+                future.set_exception(exc)
 
 
 class Backoff:
@@ -80,6 +114,9 @@ class Sender:
         self.backlog = backlog
         self.format_record = format_record
         self.seqs = Seqs(self._producer)
+        #: The sender's threads: records logged on them are dropped (never loop back).
+        self.idents: set[int] = set()
+        self.poster = Poster(self.idents)
         self.backoff = Backoff(settings.flush_interval)
         self.client: Client | None = None
         self.marks: list[FlushMark] = []
@@ -107,6 +144,7 @@ class Sender:
 
     def run(self) -> None:
         self.ident = threading.get_ident()
+        self.idents.add(self.ident)
         try:
             if self.settings.spooling:
                 self._adopt()
@@ -141,16 +179,17 @@ class Sender:
         return isinstance(first, logging.LogRecord) and (
             time.time() - first.created >= self.settings.flush_interval)
 
-    def drain(self) -> bool:
-        """Move records from the queue into the backlog; returns whether any moved."""
+    def drain(self, room: int = 1) -> bool:
+        """Move records from the queue into the backlog; returns whether any moved. In
+        memory, the outbox takes batches up to ``room``; the queue holds the rest."""
         moved = False
         while True:
             to_spool = self._to_spool()
             if to_spool and self.backlog.spool_error:
                 self._add([], True)  # a spool that failed is tried again: the outbox first
                 to_spool = self.backlog.spool_error is None
-            if not to_spool and self.backlog.outbox:
-                return moved  # in memory, one batch waits at a time: the queue holds the rest
+            if not to_spool and len(self.backlog.outbox) >= room:
+                return moved
             if to_spool and not self._due():
                 return moved
             records, marked = self._take()
@@ -276,7 +315,7 @@ class Sender:
         try:
             if batch.seq is None and not self._assign(head):
                 return False
-            self.seqs.send(batch.topic, messages, batch.producer_id, batch.seq)
+            self._post(batch.topic, messages, batch.producer_id, batch.seq)
         except (NotRegistered, UnknownId) as exc:
             # The broker does not know this producer id (e.g. a new database): send the
             # batch again under a fresh registration.
@@ -295,6 +334,14 @@ class Sender:
             return False
         self._delivered(head)
         return True
+
+    def _post(self, topic: str, messages: list[str], producer_id: int | None,
+              seq: int | None) -> None:
+        """Send one batch on the poster thread; meanwhile encode the next one (so the
+        broker's work and ours overlap), then raise what the send raised."""
+        future = self.poster.submit(self.seqs.send, topic, messages, producer_id, seq)
+        self.drain(room=2)
+        future.result()
 
     def _assign(self, head: Head) -> bool:
         pid, seq = self.seqs.at_send(head.batch.topic)
@@ -387,6 +434,7 @@ class Sender:
                                 lost, self.settings.overflow, reason)
         for mark in self.marks:
             mark.event.set()
+        self.poster.stop()
         if self.client is not None:
             self.client.close()
 
