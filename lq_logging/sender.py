@@ -25,7 +25,6 @@ Refused batches (413 ``too_large``, 400 ``bad_request``): see :mod:`lq_logging.r
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -340,11 +339,15 @@ class Sender:
         """Send one batch on the poster thread; meanwhile encode the next one (so the
         broker's work and ours overlap), then raise what the send raised."""
         future = self.poster.submit(self.seqs.send, topic, messages, producer_id, seq)
-        self.drain(room=2)
+        if not self.backoff.down:  # (while down, a drain could move the outbox to the spool)
+            self.drain(room=2)
         future.result()
 
     def _assign(self, head: Head) -> bool:
-        pid, seq = self.seqs.at_send(head.batch.topic)
+        topic = head.batch.topic
+        pid, seq = self.seqs.at_send(topic)
+        if self.settings.spooling and not self.seqs.ready(topic):
+            self.seqs.warm(topic)  # from now on, spooled batches carry their seq
         try:
             return self.backlog.assign(head, pid, seq)
         except OSError as exc:
@@ -360,9 +363,6 @@ class Sender:
             diagnostics.info("the broker answers again; delivering the backlog")
             if self.settings.spooling:
                 self._adopt()
-        if self.settings.spooling and not self.seqs.ready(self.settings.topic):
-            with contextlib.suppress(LogQueueError, OSError):  # else after the next delivery
-                self.seqs.warm(self.settings.topic)
         if self.counters.unreported:
             self._report_drops()
 

@@ -9,7 +9,7 @@ taking its seqs in its own send order:
 * ``at_write``: a batch written to the spool gets its seq as it is written, in the ``b``
   line itself, from the *write* producer. The spool is sent in the order it is written,
   so no further write is needed before the send. Only possible once that producer is
-  registered (:meth:`Seqs.warm`, after the broker first answered).
+  registered (:meth:`Seqs.warm`, with the first seq given at send time).
 * ``at_send``: any other batch (in memory, spooled before the first registration, a part
   of a refused batch, a batch from an adopted spool that never had one) gets its seq just
   before it is sent, from the *send* producer; a spooled one has it written durably first.
