@@ -60,7 +60,7 @@ from typing import Any
 
 from lq_logging.backlog import Backlog
 from lq_logging.diagnostics import diagnostics
-from lq_logging.mailbox import Counters, FlushMark, Mailbox, Stop
+from lq_logging.mailbox import RECORD_CLASS, Counters, FlushMark, Mailbox, Stop
 from lq_logging.record import DEFAULT_MAX_BYTES, JSONFormatter, fit_text
 from lq_logging.sender import Sender
 from lq_logging.settings import OVERFLOW_POLICIES, check_level, settings
@@ -217,9 +217,12 @@ class LogQueueHandler(logging.Handler):
         """Enqueue ``record`` (for callers that call ``emit`` directly)."""
         self.handle(record)
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """The message text now, the traceback text, in a shallow copy (the original is left
-        for other handlers)."""
+    def prepare(self, record: logging.LogRecord) -> dict[str, Any]:
+        """A snapshot of ``record`` for the queue: its attributes, with the message text as
+        it is now and the traceback as text; the record itself is left as it is for other
+        handlers. (A plain dict rather than a copy of the record: once its values are
+        strings and numbers the garbage collector stops tracking it, so a long queue costs
+        the application's threads no collection passes.)"""
         attrs = record.__dict__.copy()
         attrs["msg"] = record.getMessage()
         attrs["args"] = None
@@ -227,19 +230,19 @@ class LogQueueHandler(logging.Handler):
             if not record.exc_text:
                 attrs["exc_text"] = _TRACEBACKS.formatException(record.exc_info)
             attrs["exc_info"] = None
-        copy = record.__class__.__new__(record.__class__)
-        copy.__dict__ = attrs
-        return copy
+        if record.__class__ is not logging.LogRecord:
+            attrs[RECORD_CLASS] = record.__class__
+        return attrs
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        """Append ``record`` to the queue without blocking (``overflow="block"`` waits at
-        most ``timeout`` for room)."""
+    def enqueue(self, snapshot: dict[str, Any]) -> None:
+        """Append a :meth:`prepare`'d record to the queue without blocking
+        (``overflow="block"`` waits at most ``timeout`` for room)."""
         box = self._box
         size = len(box.queue)
         if size < self._soft_limit or (size < self.queue_size
-                                       and record.levelno >= logging.WARNING) or (
+                                       and snapshot["levelno"] >= logging.WARNING) or (
                 self.overflow == "block" and self._wait_for_room()):
-            box.queue.append(record)
+            box.queue.append(snapshot)
             if size >= box.wake_at:
                 box.wake.set()
         else:
@@ -278,7 +281,7 @@ class LogQueueHandler(logging.Handler):
         ``dropped``, ``retries`` (failed send attempts), ``last_error`` (``None`` once the
         broker answers again, unless records were dropped for a reason of their own)."""
         memory, disk = self._backlog.counts()
-        queued = sum(1 for r in list(self._box.queue) if isinstance(r, logging.LogRecord))
+        queued = sum(1 for r in list(self._box.queue) if type(r) is dict)
         c = self._counters
         return {"queued": queued + memory, "sent": c.sent, "spooled": disk,
                 "dropped": c.dropped, "retries": c.retries, "last_error": c.last_error}

@@ -1,7 +1,9 @@
-"""What the caller's side and the sender share: the queue, the wake-up, the counters."""
+"""What the caller's side and the sender share: the queue (records as dicts, flush marks, a
+stop), the wake-up, the counters."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections import deque
@@ -9,6 +11,17 @@ from typing import Any
 
 #: ``Mailbox.wake_at`` while the sender is busy: no record needs to wake it.
 BUSY = sys.maxsize
+#: In a queued record (a dict, see ``LogQueueHandler.prepare``): its class, when it is not
+#: ``logging.LogRecord`` (a ``setLogRecordFactory`` subclass).
+RECORD_CLASS = "_lq_record_class"
+
+
+def restore(attrs: dict[str, Any]) -> logging.LogRecord:
+    """The record a queued dict was made from (for the formatter)."""
+    cls = attrs.pop(RECORD_CLASS, logging.LogRecord)
+    record = cls.__new__(cls)
+    record.__dict__ = attrs
+    return record
 
 
 class FlushMark:
@@ -81,4 +94,4 @@ class Counters:
             return count, reason
 
 
-__all__ = ["BUSY", "Counters", "FlushMark", "Mailbox", "Stop"]
+__all__ = ["BUSY", "RECORD_CLASS", "Counters", "FlushMark", "Mailbox", "Stop", "restore"]

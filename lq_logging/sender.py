@@ -35,7 +35,7 @@ from typing import Any
 
 from lq_logging.backlog import Backlog, Batch, Head
 from lq_logging.diagnostics import diagnostics
-from lq_logging.mailbox import BUSY, Counters, FlushMark, Mailbox
+from lq_logging.mailbox import BUSY, Counters, FlushMark, Mailbox, restore
 from lq_logging.record import escape_surrogates
 from lq_logging.refusals import mend
 from lq_logging.seqs import Seqs
@@ -175,8 +175,8 @@ class Sender:
                 or self.box.flushes > self.marks_taken):
             return True
         first = queue[0] if queue else None
-        return isinstance(first, logging.LogRecord) and (
-            time.time() - first.created >= self.settings.flush_interval)
+        return type(first) is dict and (
+            time.time() - first["created"] >= self.settings.flush_interval)
 
     def drain(self, room: int = 1) -> bool:
         """Move records from the queue into the backlog; returns whether any moved. In
@@ -223,8 +223,8 @@ class Sender:
         limit = self.settings.batch_size
         while queue and len(records) < limit:
             item = queue.popleft()
-            if isinstance(item, logging.LogRecord):
-                records.append(item)
+            if type(item) is dict:
+                records.append(restore(item))
             elif isinstance(item, FlushMark):
                 self.marks.append(item)
                 self.marks_taken += 1
@@ -263,8 +263,8 @@ class Sender:
         if self._to_spool():
             box.wake_at = self._gather - 1
             queue = box.queue
-            if queue and isinstance(queue[0], logging.LogRecord):
-                age = time.time() - queue[0].created
+            if queue and type(queue[0]) is dict:
+                age = time.time() - queue[0]["created"]
                 timeout = min(timeout, max(0.0, self.settings.flush_interval - age))
         elif self.backlog.outbox:
             box.wake_at = BUSY  # waiting for the broker: records wait in the queue
@@ -281,7 +281,7 @@ class Sender:
         spooled or dropped by :meth:`leave`)."""
         if self.backoff.down:
             return True
-        queued = any(isinstance(r, logging.LogRecord) for r in self.box.queue)
+        queued = any(type(r) is dict for r in self.box.queue)
         return not queued and self.backlog.empty()
 
     def _release_marks(self) -> None:
@@ -422,7 +422,7 @@ class Sender:
         """Keep what is left (queue and outbox: spooled, or counted as dropped), release the
         spool files, wake every flush() caller. Runs once, on the sender or the closing
         thread; a sender still running then sees the backlog abandoned and stops."""
-        records = [r for r in self.box.queue if isinstance(r, logging.LogRecord)]
+        records = [restore(r) for r in self.box.queue if type(r) is dict]
         self.box.queue.clear()
         batches = self.encode(records) if records else []
         lost = self.backlog.abandon(batches, keep=self.settings.spooling)
