@@ -5,7 +5,8 @@ directory, held with ``flock(LOCK_EX)`` for as long as it is open. Each line is 
 entry, written with a single ``write`` on an ``O_APPEND`` descriptor:
 
 * ``{"op": "b", "id": 7, "t": topic, "p": producer_id|null, "s": seq|null, "m": [...]}``:
-  a batch. ``p``/``s`` are null when the batch was spooled before it was ever sent.
+  a batch. ``p``/``s`` are the producer id and seq it will be sent with, given as it is
+  written (see ``seqs.py``), or null when it had none yet (then an ``a`` line gives them).
 * ``{"op": "a", "id": 7, "p": producer_id, "s": seq}``: the batch was given this producer
   id and seq; written (and made durable) *before* the batch is sent, so a replay after a
   crash repeats the same seq and the broker appends it once.
@@ -35,7 +36,9 @@ the broker drops as a duplicate.
 
 Only done batches are forgotten: the file is truncated once nothing is live, and rewritten
 (into a locked temporary file, then renamed over the old one) when done entries dominate.
-The spool is not thread-safe: one sender thread owns it (see ``handler.py``).
+A write that fails (a full disk) is cut off again, so the file stays whole; a ``d`` line
+that cannot be written is skipped (see above: a replay repeats a recorded seq). The spool is
+not thread-safe: the backlog (``backlog.py``) serializes every call.
 """
 
 from __future__ import annotations

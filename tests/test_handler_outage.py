@@ -85,6 +85,7 @@ def test_a_30s_outage_under_400_records_per_s_is_caught_up_once_in_order(
         if app.poll() is None:
             app.kill()
             app.wait()
+    print(f"spool peak: {peak} batches; the app's last line: {stats.strip()}")
     assert [r["message"] for r in records] == [f"n {i}" for i in range(total)], stats
     # 30 s of records went to disk in batches of up to flush_interval's worth, not one
     # request's worth: about 60 batches, never thousands.
