@@ -43,6 +43,24 @@ def test_json_formatter_works_with_any_stdlib_handler() -> None:
     assert "KeyError: 'k'" in data["exception"] and "stack" not in data
 
 
+@pytest.mark.parametrize("fields", [{}, {"service": "shop", "tags": ["a", 1]}])
+def test_plain_records_take_a_shortcut_to_the_same_text(fields: dict) -> None:
+    formatter = JSONFormatter(fields=fields, host="web-1")
+    log = logging.getLogger("test.units.shortcut")
+    plain = log.makeRecord(log.name, logging.INFO, __file__, 7, 'say "%s" é\n\t', ("hi",),
+                           None)
+    odd = log.makeRecord(log.name, logging.WARNING, __file__, 7, {"not": "a str"}, None, None)
+    odd.process = odd.processName = odd.thread = odd.threadName = odd.funcName = None
+    with_extra = log.makeRecord(log.name, logging.INFO, __file__, 7, "x", None, None,
+                                extra={"k": 1})
+    for record in (plain, odd, with_extra):
+        text = formatter.format(record)
+        assert text == json.dumps(formatter.to_dict(record), ensure_ascii=False,
+                                  separators=(",", ":"))
+        assert json.loads(text)["host"] == "web-1"
+    assert json.loads(formatter.format(plain))["message"] == 'say "hi" é\n\t'
+
+
 def test_oversized_record_is_truncated_with_a_marker() -> None:
     formatter = JSONFormatter(max_bytes=10_000)
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "é" * 50_000, None, None)
