@@ -69,6 +69,9 @@ class SpoolBatch:
     count: int
     offset: int
     length: int
+    #: Its line in the file is a ``b`` line with this producer id and seq (a compaction
+    #: copies it as it is, without parsing it).
+    verbatim: bool = True
 
 
 def _encode(entry: dict) -> bytes:
@@ -202,6 +205,7 @@ class Spool:
             batch = self._by_id.get(bid)
             if batch is not None:
                 batch.producer_id, batch.seq = int(entry["p"]), int(entry["s"])
+                batch.verbatim = False
         elif op == "d":
             batch = self._by_id.pop(bid, None)
             if batch is not None:
@@ -210,7 +214,7 @@ class Spool:
                 self._live_bytes -= batch.length
         elif op == "p":
             self._pending[bid] = SpoolBatch(bid, str(entry["t"]), None, None, len(entry["m"]),
-                                            offset, length)
+                                            offset, length, verbatim=False)
         elif op == "x":
             batch = self._by_id.get(bid)
             parts = [self._pending.get(int(i)) for i in entry["parts"]]
@@ -263,7 +267,7 @@ class Spool:
         it is sent)."""
         self._write({"op": "a", "id": batch.id, "p": producer_id, "s": seq})
         self.sync()
-        batch.producer_id, batch.seq = producer_id, seq
+        batch.producer_id, batch.seq, batch.verbatim = producer_id, seq, False
 
     def replace(self, batch: SpoolBatch, parts: Sequence[Sequence[str]]) -> list[SpoolBatch]:
         """Put new batches holding ``parts`` (in order) where the live ``batch`` is, in one
@@ -283,7 +287,8 @@ class Spool:
             self._next_id += 1
             offset, length = self._write({"op": "p", "id": bid, "of": batch.id,
                                           "t": batch.topic, "m": list(messages)})
-            new.append(SpoolBatch(bid, batch.topic, None, None, len(messages), offset, length))
+            new.append(SpoolBatch(bid, batch.topic, None, None, len(messages), offset, length,
+                                  verbatim=False))
         self.sync()  # every part on disk before the line that makes them live
         self._write({"op": "x", "id": batch.id, "parts": [b.id for b in new]})
         self._swap(batch, new)
@@ -355,9 +360,10 @@ class Spool:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            entries = [(b, self.read(b)) for b in self.batches]
-            data = b"".join(_encode({"op": "b", "id": b.id, "t": b.topic, "p": b.producer_id,
-                                     "s": b.seq, "m": msgs}) for b, msgs in entries)
+            chunks = [os.pread(self.fd, b.length, b.offset) if b.verbatim else
+                      _encode({"op": "b", "id": b.id, "t": b.topic, "p": b.producer_id,
+                               "s": b.seq, "m": self.read(b)}) for b in self.batches]
+            data = b"".join(chunks)
             _write_all(fd, data)
             if self.fsync:
                 _sync_file(fd)  # the copy is whole on disk before it replaces the original
@@ -369,8 +375,8 @@ class Spool:
             raise
         old_fd, self.fd, self._size = self.fd, fd, len(data)
         offset = 0
-        for batch, _ in entries:
-            batch.offset, batch.length = offset, data.index(b"\n", offset) + 1 - offset
+        for batch, chunk in zip(self.batches, chunks, strict=True):
+            batch.offset, batch.length, batch.verbatim = offset, len(chunk), True
             offset += batch.length
         self._live_bytes, self._dirty = len(data), False
         if self.fsync:
