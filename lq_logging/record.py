@@ -70,8 +70,31 @@ def _raise(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-# One encoder, built once: json.dumps with options builds a new encoder on every call.
-_encode = json.JSONEncoder(ensure_ascii=False, default=_json_default).encode
+def _make_encoder() -> Any:
+    """One compact encoder, built once: ``json.dumps`` (and ``JSONEncoder.encode``) build a
+    new C encoder on every call, a third of the cost of a small record."""
+    c_make = getattr(json.encoder, "c_make_encoder", None)
+    if c_make is None:  # not CPython's C accelerator
+        return json.JSONEncoder(ensure_ascii=False, default=_json_default,
+                                separators=(",", ":")).encode
+    # No circular-reference markers: extra values are checked by _jsonable first.
+    encoder = c_make(None, _json_default, json.encoder.c_encode_basestring, None, ":", ",",
+                     False, False, True)
+    return lambda value: "".join(encoder(value, 0))
+
+
+_encode = _make_encoder()
+_quote = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+
+
+def _value(value: Any) -> str:
+    """One JSON value, quickly for the types a record's own attributes have."""
+    cls = value.__class__
+    if cls is str:
+        return _quote(value)
+    if cls is int:
+        return str(value)
+    return _encode(value)
 
 
 class _UTCClock:
@@ -110,6 +133,10 @@ class JSONFormatter(logging.Formatter):
         self.max_bytes = max_bytes
         self.host = host or _HOST
         self._clock = _UTCClock()
+        # The constant tail of a plain record (see _plain): host, empty extra, fields.
+        tail = _encode(self.fields)[1:-1]
+        self._tail = f',"host":{_encode(self.host)},"extra":{{}}' + (f",{tail}}}" if tail
+                                                                        else "}")
 
     def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
         """The record as a dict of the format (before truncation)."""
@@ -140,9 +167,10 @@ class JSONFormatter(logging.Formatter):
             data["exception"] = exc_text
         if record.stack_info:
             data["stack"] = record.stack_info
-        extra = {k: _jsonable(v) for k, v in record.__dict__.items()
-                 if k not in STANDARD_ATTRS and k[:1] != "_"}
-        data["extra"] = extra
+        attrs = record.__dict__
+        data["extra"] = ({k: _jsonable(v) for k, v in attrs.items()
+                          if k not in STANDARD_ATTRS and k[:1] != "_"}
+                         if attrs.keys() - STANDARD_ATTRS else {})
         if self.fields:
             for key, value in self.fields.items():
                 data.setdefault(key, value)
@@ -150,13 +178,32 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """One JSON object, at most ``max_bytes`` UTF-8 bytes."""
-        data = self.to_dict(record)
-        text = _encode(data)
+        text = self._plain(record)
+        if text is None:
+            text = _encode(self.to_dict(record))
         if not text.isascii():
             text = escape_surrogates(text)
         if len(text) * 4 > self.max_bytes and utf8_size(text) > self.max_bytes:
-            text = shrink_record(data, self.max_bytes)
+            text = shrink_record(self.to_dict(record), self.max_bytes)
         return text
+
+    def _plain(self, record: logging.LogRecord) -> str | None:
+        """The most common record (no traceback, stack or ``extra=`` fields) written straight
+        into its JSON, the same text as ``_encode(self.to_dict(record))`` at half the cost
+        (the sender's main work); ``None`` for any other record."""
+        if (record.exc_info or record.exc_text or record.stack_info
+                or record.__dict__.keys() - STANDARD_ATTRS):
+            return None
+        message = record.getMessage() if record.args or record.msg.__class__ is not str \
+            else record.msg
+        return (f'{{"time":"{self._clock(record.created)}","level":{_quote(record.levelname)},'
+                f'"levelno":{_value(record.levelno)},"logger":{_quote(record.name)},'
+                f'"message":{_quote(message)},"module":{_quote(record.module)},'
+                f'"function":{_value(record.funcName)},"line":{_value(record.lineno)},'
+                f'"pathname":{_quote(record.pathname)},"process":{_value(record.process)},'
+                f'"process_name":{_value(record.processName)},'
+                f'"thread":{_value(record.thread)},'
+                f'"thread_name":{_value(record.threadName)}{self._tail}')
 
 
 # --- cutting records down to size, byte-accurately ----------------------------------------

@@ -5,7 +5,8 @@ directory, held with ``flock(LOCK_EX)`` for as long as it is open. Each line is 
 entry, written with a single ``write`` on an ``O_APPEND`` descriptor:
 
 * ``{"op": "b", "id": 7, "t": topic, "p": producer_id|null, "s": seq|null, "m": [...]}``:
-  a batch. ``p``/``s`` are null when the batch was spooled before it was ever sent.
+  a batch. ``p``/``s`` are the producer id and seq it will be sent with, given as it is
+  written (see ``seqs.py``), or null when it had none yet (then an ``a`` line gives them).
 * ``{"op": "a", "id": 7, "p": producer_id, "s": seq}``: the batch was given this producer
   id and seq; written (and made durable) *before* the batch is sent, so a replay after a
   crash repeats the same seq and the broker appends it once.
@@ -35,11 +36,14 @@ the broker drops as a duplicate.
 
 Only done batches are forgotten: the file is truncated once nothing is live, and rewritten
 (into a locked temporary file, then renamed over the old one) when done entries dominate.
-The spool is not thread-safe: one sender thread owns it (see ``handler.py``).
+A write that fails (a full disk) is cut off again, so the file stays whole; a ``d`` line
+that cannot be written is skipped (see above: a replay repeats a recorded seq). The spool is
+not thread-safe: the backlog (``backlog.py``) serializes every call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -65,6 +69,20 @@ class SpoolBatch:
     count: int
     offset: int
     length: int
+    #: Its line in the file is a ``b`` line with this producer id and seq (a compaction
+    #: copies it as it is, without parsing it).
+    verbatim: bool = True
+
+
+def _encode(entry: dict) -> bytes:
+    return (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+        "utf-8", "surrogatepass")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _sync_file(fd: int) -> None:
@@ -187,6 +205,7 @@ class Spool:
             batch = self._by_id.get(bid)
             if batch is not None:
                 batch.producer_id, batch.seq = int(entry["p"]), int(entry["s"])
+                batch.verbatim = False
         elif op == "d":
             batch = self._by_id.pop(bid, None)
             if batch is not None:
@@ -195,7 +214,7 @@ class Spool:
                 self._live_bytes -= batch.length
         elif op == "p":
             self._pending[bid] = SpoolBatch(bid, str(entry["t"]), None, None, len(entry["m"]),
-                                            offset, length)
+                                            offset, length, verbatim=False)
         elif op == "x":
             batch = self._by_id.get(bid)
             parts = [self._pending.get(int(i)) for i in entry["parts"]]
@@ -207,21 +226,15 @@ class Spool:
     # -- writing ------------------------------------------------------------------------
 
     def _write(self, entry: dict) -> tuple[int, int]:
-        data = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
-            "utf-8", "surrogatepass")
+        data = _encode(entry)
         offset = self._size
-        view = memoryview(data)
         self._dirty = True
         try:
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
+            _write_all(self.fd, data)
         except OSError:
             # A partial line (disk full) would glue itself to the next entry: cut it off.
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, offset)
-            except OSError:
-                pass
             raise
         self._size += len(data)
         return offset, len(data)
@@ -254,7 +267,7 @@ class Spool:
         it is sent)."""
         self._write({"op": "a", "id": batch.id, "p": producer_id, "s": seq})
         self.sync()
-        batch.producer_id, batch.seq = producer_id, seq
+        batch.producer_id, batch.seq, batch.verbatim = producer_id, seq, False
 
     def replace(self, batch: SpoolBatch, parts: Sequence[Sequence[str]]) -> list[SpoolBatch]:
         """Put new batches holding ``parts`` (in order) where the live ``batch`` is, in one
@@ -274,7 +287,8 @@ class Spool:
             self._next_id += 1
             offset, length = self._write({"op": "p", "id": bid, "of": batch.id,
                                           "t": batch.topic, "m": list(messages)})
-            new.append(SpoolBatch(bid, batch.topic, None, None, len(messages), offset, length))
+            new.append(SpoolBatch(bid, batch.topic, None, None, len(messages), offset, length,
+                                  verbatim=False))
         self.sync()  # every part on disk before the line that makes them live
         self._write({"op": "x", "id": batch.id, "parts": [b.id for b in new]})
         self._swap(batch, new)
@@ -305,10 +319,15 @@ class Spool:
             self._size = 0
             self._dirty = True
             return
-        self._write({"op": "d", "id": batch.id})
-        dead = self._size - self._live_bytes
-        if dead > COMPACT_BYTES and dead > self._live_bytes:
-            self._rewrite()
+        try:
+            self._write({"op": "d", "id": batch.id})
+            dead = self._size - self._live_bytes
+            if dead > COMPACT_BYTES and dead > self._live_bytes:
+                self._rewrite()
+        except OSError:
+            # A full disk: the batch is forgotten here all the same. A replay of it (after a
+            # crash) repeats its recorded seq, which the broker drops as a duplicate.
+            pass
 
     def trim(self, max_bytes: int) -> int:
         """Drop the oldest batches until the live ones fit in ``max_bytes`` (the newest one
@@ -335,25 +354,31 @@ class Spool:
         return len(self.batches)
 
     def _rewrite(self) -> None:
-        """Copy the live batches into a new locked file and rename it over this one."""
+        """Copy the live batches into a new locked file and rename it over this one (on an
+        error, e.g. a full disk, the old file stays as it was)."""
         tmp = f"{self.path}.tmp-{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        old_fd, batches = self.fd, list(self.batches)
-        messages = [self.read(b) for b in batches]
-        self.fd, self._size, self._live_bytes, self.live_records = fd, 0, 0, 0
-        self.batches.clear()
-        self._by_id.clear()
-        for batch, msgs in zip(batches, messages, strict=True):
-            offset, length = self._write({"op": "b", "id": batch.id, "t": batch.topic,
-                                          "p": batch.producer_id, "s": batch.seq, "m": msgs})
-            batch.offset, batch.length = offset, length
-            self._by_id[batch.id] = batch
-            self.batches.append(batch)
-            self.live_records += batch.count
-            self._live_bytes += length
-        self.sync()  # the copy is whole on disk before it replaces the original
-        os.replace(tmp, self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            chunks = [os.pread(self.fd, b.length, b.offset) if b.verbatim else
+                      _encode({"op": "b", "id": b.id, "t": b.topic, "p": b.producer_id,
+                               "s": b.seq, "m": self.read(b)}) for b in self.batches]
+            data = b"".join(chunks)
+            _write_all(fd, data)
+            if self.fsync:
+                _sync_file(fd)  # the copy is whole on disk before it replaces the original
+            os.replace(tmp, self.path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        old_fd, self.fd, self._size = self.fd, fd, len(data)
+        offset = 0
+        for batch, chunk in zip(self.batches, chunks, strict=True):
+            batch.offset, batch.length, batch.verbatim = offset, len(chunk), True
+            offset += batch.length
+        self._live_bytes, self._dirty = len(data), False
         if self.fsync:
             _sync_dir(os.path.dirname(self.path))
         os.close(old_fd)
@@ -366,10 +391,8 @@ class Spool:
             return
         self.closed = True
         if not self.batches:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
-            except OSError:
-                pass
         os.close(self.fd)
 
     def abandon(self) -> None:
@@ -377,10 +400,8 @@ class Spool:
         file (``flock`` stays held while the parent's descriptor is open)."""
         if not self.closed:
             self.closed = True
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass
 
 
 def adopt_orphans(directory: str, exclude: Sequence[str] = (), *,

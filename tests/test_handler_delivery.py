@@ -64,6 +64,41 @@ def readme_snippet() -> str:
 
 # --- the README snippet, 10,000 records from 4 threads --------------------------------------
 
+def assert_worker_record(r: dict, worker: int, i: int, lines: dict[str, int], ident: int,
+                         window: tuple[float, float]) -> None:
+    """Record ``i`` of worker ``worker`` in the README test, field by field."""
+    started, ended = window
+    kind = "exc" if i % 100 == 7 else "stack" if i % 100 == 8 else "info"
+    level = {"exc": "ERROR", "stack": "WARNING", "info": "INFO"}[kind]
+    text = {"exc": f"w{worker} failed {i}", "stack": f"w{worker} stack {i}",
+            "info": f"w{worker} record {i}"}[kind]
+    assert r["message"] == text
+    assert r["level"] == level and r["levelno"] == getattr(logging, level)
+    assert r["module"] == "test_handler_delivery" and r["function"] == "work"
+    assert r["line"] == lines[kind]
+    assert r["pathname"] == __file__
+    assert r["process"] == os.getpid() and r["process_name"] == "MainProcess"
+    assert r["thread"] == ident and r["thread_name"] == f"worker-{worker}"
+    assert r["host"] == HOST
+    assert r["service"] == "shop" and r["env"] == "dev"
+    assert r["extra"] == {"worker": worker, "i": i, "obj": "<Opaque>",
+                          "tags": ["a", i]}
+    when = datetime.fromisoformat(r["time"].replace("Z", "+00:00"))
+    assert when.tzinfo is not None and re.search(r"\.\d{6}Z$", r["time"])
+    assert started - 1 <= when.timestamp() <= ended
+    if kind == "exc":
+        assert r["exception"].startswith("Traceback (most recent call last):")
+        assert f"ZeroDivisionError: boom {worker} {i}" in r["exception"]
+    else:
+        assert "exception" not in r
+    if kind == "stack":
+        assert r["stack"].startswith("Stack (most recent call last):")
+        assert "in work" in r["stack"]
+    else:
+        assert "stack" not in r
+
+
+
 def test_readme_snippet_ships_10000_records_from_4_threads_in_order(
         broker: BrokerProcess, detach_root, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("LQ_SPOOL_DIR", str(tmp_path / "spool"))
@@ -118,34 +153,7 @@ def test_readme_snippet_ships_10000_records_from_4_threads_in_order(
         mine = [r for r in records if r["logger"] == f"app.worker{worker}"]
         assert [r["extra"]["i"] for r in mine] == list(range(per_thread)), "per-thread order"
         for i, r in enumerate(mine):
-            kind = "exc" if i % 100 == 7 else "stack" if i % 100 == 8 else "info"
-            level = {"exc": "ERROR", "stack": "WARNING", "info": "INFO"}[kind]
-            text = {"exc": f"w{worker} failed {i}", "stack": f"w{worker} stack {i}",
-                    "info": f"w{worker} record {i}"}[kind]
-            assert r["message"] == text
-            assert r["level"] == level and r["levelno"] == getattr(logging, level)
-            assert r["module"] == "test_handler_delivery" and r["function"] == "work"
-            assert r["line"] == lines[kind]
-            assert r["pathname"] == __file__
-            assert r["process"] == os.getpid() and r["process_name"] == "MainProcess"
-            assert r["thread"] == idents[worker] and r["thread_name"] == f"worker-{worker}"
-            assert r["host"] == HOST
-            assert r["service"] == "shop" and r["env"] == "dev"
-            assert r["extra"] == {"worker": worker, "i": i, "obj": "<Opaque>",
-                                  "tags": ["a", i]}
-            when = datetime.fromisoformat(r["time"].replace("Z", "+00:00"))
-            assert when.tzinfo is not None and re.search(r"\.\d{6}Z$", r["time"])
-            assert started - 1 <= when.timestamp() <= ended
-            if kind == "exc":
-                assert r["exception"].startswith("Traceback (most recent call last):")
-                assert f"ZeroDivisionError: boom {worker} {i}" in r["exception"]
-            else:
-                assert "exception" not in r
-            if kind == "stack":
-                assert r["stack"].startswith("Stack (most recent call last):")
-                assert "in work" in r["stack"]
-            else:
-                assert "stack" not in r
+            assert_worker_record(r, worker, i, lines, idents[worker], (started, ended))
     wait_until(lambda: handler.stats()["sent"] == 4 * per_thread + 1, message="stats")
     stats = handler.stats()
     assert stats["queued"] == 0 and stats["spooled"] == 0 and stats["last_error"] is None
@@ -170,7 +178,7 @@ def test_broker_restart_mid_stream_delivers_every_record_exactly_once(
         for i in range(1000, 3000):
             log.info("r %d", i)
         wait_until(lambda: handler.stats()["spooled"] > 0, message="records spooled")
-        assert handler.stats()["retries"] > 0
+        assert handler.stats()["retries"] > 0 and handler.stats()["last_error"]
         broker.start()  # the same port
         for i in range(3000, 4000):
             log.info("r %d", i)
@@ -179,6 +187,7 @@ def test_broker_restart_mid_stream_delivers_every_record_exactly_once(
         assert messages(records, "r ") == [f"r {i}" for i in range(4000)]
         stats = handler.stats()
         assert stats["sent"] == 4000 and stats["dropped"] == 0 and stats["spooled"] == 0
+        assert stats["last_error"] is None, "cleared once the broker answers again"
         assert not list((tmp_path / "sp").glob("*.spool")) or all(
             p.stat().st_size == 0 for p in (tmp_path / "sp").glob("*.spool"))
     finally:

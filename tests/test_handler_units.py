@@ -8,10 +8,13 @@ import logging
 import logging.config
 import os
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_until
+from support import clean_env, free_port, wait_until
 
 from lq_logging import JSONFormatter, LogQueueHandler
 from lq_logging.spool import Spool, adopt_orphans
@@ -38,6 +41,24 @@ def test_json_formatter_works_with_any_stdlib_handler() -> None:
     assert data["service"] == "shop"
     assert data["extra"] == {"obj": "<class 'object'>", "n": 1}
     assert "KeyError: 'k'" in data["exception"] and "stack" not in data
+
+
+@pytest.mark.parametrize("fields", [{}, {"service": "shop", "tags": ["a", 1]}])
+def test_plain_records_take_a_shortcut_to_the_same_text(fields: dict) -> None:
+    formatter = JSONFormatter(fields=fields, host="web-1")
+    log = logging.getLogger("test.units.shortcut")
+    plain = log.makeRecord(log.name, logging.INFO, __file__, 7, 'say "%s" é\n\t', ("hi",),
+                           None)
+    odd = log.makeRecord(log.name, logging.WARNING, __file__, 7, {"not": "a str"}, None, None)
+    odd.process = odd.processName = odd.thread = odd.threadName = odd.funcName = None
+    with_extra = log.makeRecord(log.name, logging.INFO, __file__, 7, "x", None, None,
+                                extra={"k": 1})
+    for record in (plain, odd, with_extra):
+        text = formatter.format(record)
+        assert text == json.dumps(formatter.to_dict(record), ensure_ascii=False,
+                                  separators=(",", ":"))
+        assert json.loads(text)["host"] == "web-1"
+    assert json.loads(formatter.format(plain))["message"] == 'say "hi" é\n\t'
 
 
 def test_oversized_record_is_truncated_with_a_marker() -> None:
@@ -97,11 +118,54 @@ def test_spool_is_bounded_oldest_first(tmp_path: Path) -> None:
     spool.close()
 
 
-@pytest.mark.parametrize("kwargs", [{"overflow": "never"}, {"topic": "bad topic"},
-                                    {"batch_size": 0}, {"url": []}, {"spool_fsync": "maybe"}])
-def test_bad_options_fail_at_configuration(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+BAD_OPTIONS = [
+    ({"topic": "app logs"}, "topic: not a topic name: 'app logs' (1-200 characters: letters"),
+    ({"topic": "app\n"}, "topic: not a topic name: 'app\\n'"),
+    ({"overflow": "explode"}, "overflow: 'explode' is not one of spool, drop, block"),
+    ({"batch_size": 0}, "batch_size: 0 is not a number from 1 to 10000"),
+    ({"batch_size": "many"}, "batch_size: 'many' is not a number from 1 to 10000"),
+    ({"queue_size": 0}, "queue_size: 0 is not a number from 1 up"),
+    ({"flush_interval": -1}, "flush_interval: -1 is not a number from 0.001 to 3600"),
+    ({"url": "http//127.0.0.1:5000"}, "url: not a broker url: 'http//127.0.0.1:5000' (try "
+                                      "http://127.0.0.1:5000)"),
+    ({"url": "ftp://127.0.0.1"}, "url: not a broker url: 'ftp://127.0.0.1'"),
+    ({"url": []}, "url: at least one broker url is required"),
+    ({"spool_fsync": "maybe"}, "spool_fsync: not a boolean: 'maybe' (try true or false)"),
+    ({"level": "LOUD"}, "level: 'LOUD' is not a level (DEBUG, INFO"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_OPTIONS, ids=[m.split(":")[0] + str(i)
+                                                                   for i, (_, m)
+                                                                   in enumerate(BAD_OPTIONS)])
+def test_bad_options_fail_at_configuration_naming_what_is_allowed(kwargs: dict,
+                                                                  message: str) -> None:
+    with pytest.raises(ValueError) as caught:
         LogQueueHandler(**kwargs)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_a_bad_option_in_dictconfig_leaves_no_traceback_at_exit(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import logging.config
+        try:
+            logging.config.dictConfig({"version": 1, "handlers": {"lq": {
+                "class": "lq_logging.LogQueueHandler", "topic": "app logs"}},
+                "root": {"handlers": ["lq"]}})
+        except ValueError as exc:
+            print("REFUSED", exc.__cause__ or exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30, env=clean_env(LQ_SPOOL_DIR=str(tmp_path)))
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("REFUSED topic: not a topic name: 'app logs'"), proc.stdout
+    assert proc.stderr == "", proc.stderr
+
+
+def test_host_port_without_a_scheme_is_still_a_url(tmp_path: Path) -> None:
+    handler = LogQueueHandler(url="127.0.0.1:1, http://127.0.0.1:2", spool_dir=str(tmp_path))
+    handler.close()
+    assert handler.urls == ["127.0.0.1:1", "http://127.0.0.1:2"]
 
 
 # --- a refused batch replaced by its parts -------------------------------------------------
