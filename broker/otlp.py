@@ -219,9 +219,9 @@ def to_batches(export: Any, fixed_topic: str | None,
         topic = fixed_topic or topic_for(resource.get("service.name"))
         bodies = batches.setdefault(topic, [])
         for scope_logs in resource_logs.scope_logs:
+            scope = scope_logs.scope.name
             for log_record in scope_logs.log_records:
-                text = json.dumps(to_record(log_record, scope_logs.scope.name, resource),
-                                  ensure_ascii=False)
+                text = _encode(to_record(log_record, scope, resource))
                 problem = _refusal(text, max_bytes)
                 if problem is None:
                     bodies.append(text)
@@ -260,9 +260,8 @@ def to_record(log_record: Any, scope: str, resource: dict[str, Any]) -> dict[str
         "logger": scope,
         "message": _text(value(log_record.body)),
     }
-    for key, field in _RECORD_FIELDS.items():
-        if key in extra:
-            data.setdefault(field, extra.pop(key))
+    for key in [k for k in extra if k in _RECORD_FIELDS]:
+        data.setdefault(_RECORD_FIELDS[key], extra.pop(key))
     for key, field in _RESOURCE_FIELDS.items():
         if key in resource:
             data.setdefault(field, resource[key])
@@ -285,7 +284,13 @@ def severity(number: int) -> tuple[int, str]:
 def iso_time(unix_nano: int) -> str:
     """ISO-8601 UTC with microseconds, as the handler's records have it."""
     seconds, nanos = divmod(unix_nano, 1_000_000_000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{nanos // 1000:06d}Z"
+    return f"{_second(seconds)}.{nanos // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second(seconds: int) -> str:
+    """The date and time to the second: a batch's records share a few."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def attributes(key_values: Any) -> dict[str, Any]:
@@ -312,7 +317,11 @@ def value(any_value: Any) -> Any:
 def _text(body: Any) -> str:
     if body is None:
         return ""
-    return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+    return body if isinstance(body, str) else _encode(body)
+
+
+# One encoder, built once: json.dumps with options builds a new one on every call.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
 # --- appends ---------------------------------------------------------------------------------
