@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +40,7 @@ STANDARD_ATTRS = frozenset(
 #: The keys of the format itself; static ``fields`` never overwrite them.
 RECORD_KEYS = ("time", "level", "levelno", "logger", "message", "module", "function", "line",
                "pathname", "process", "process_name", "thread", "thread_name", "host",
-               "exception", "stack", "extra", "truncated")
+               "exception", "stack", "extra", "truncated", "trace_id", "span_id")
 
 #: The broker refuses a message over 1 MiB; stay below it with room for JSON escaping.
 DEFAULT_MAX_BYTES = 1_000_000
@@ -72,6 +73,20 @@ def _raise(value: Any) -> Any:
 
 # One encoder, built once: json.dumps with options builds a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=_json_default).encode
+
+
+def trace_ids() -> dict[str, str]:
+    """The active OpenTelemetry span's ``trace_id`` and ``span_id`` in hex, or ``{}``.
+    OpenTelemetry is never imported here: without it loaded, no span can be active. Call it
+    in the thread that logs (the span is that thread's context)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return {}
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x")}
 
 
 class _UTCClock:
@@ -142,6 +157,9 @@ class JSONFormatter(logging.Formatter):
             data["stack"] = record.stack_info
         extra = {k: _jsonable(v) for k, v in record.__dict__.items()
                  if k not in STANDARD_ATTRS and k[:1] != "_"}
+        # Ids stamped on the record where it was logged (the handler's queue), else now.
+        ids = {k: extra.pop(k) for k in ("trace_id", "span_id") if k in extra} or trace_ids()
+        data.update(ids)
         data["extra"] = extra
         if self.fields:
             for key, value in self.fields.items():
@@ -238,4 +256,4 @@ def shrink_record(data: dict[str, Any], max_bytes: int) -> str:
 
 __all__ = ["DEFAULT_MAX_BYTES", "JSONFormatter", "RECORD_KEYS", "STANDARD_ATTRS",
            "TRUNCATION_MARKER", "cut_bytes", "escape_surrogates", "fit_text", "shrink_record",
-           "utf8_size"]
+           "trace_ids", "utf8_size"]

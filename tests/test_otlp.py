@@ -223,3 +223,43 @@ def test_partial_success_fixed_topic_and_token(start_broker, tmp_path) -> None:
     # The real exporter sends the same header, as OTEL_EXPORTER_OTLP_HEADERS would set it.
     export_with_sdk(proc.url, "ignored-service", token=token)
     assert len(read_topic(proc.url, "all-otel", token)) == 3 + 4
+
+
+# --- trace correlation in the record format (lq_logging/record.py) ---------------------------
+def test_formatter_adds_the_active_span_ids() -> None:
+    from lq_logging import JSONFormatter
+
+    formatter = JSONFormatter()
+
+    def formatted(**extra: Any) -> dict[str, Any]:
+        record = logging.LogRecord("shop", logging.INFO, __file__, 1, "hello", None, None)
+        record.__dict__.update(extra)
+        return json.loads(formatter.format(record))
+
+    with TracerProvider().get_tracer("test").start_as_current_span("op") as span:
+        inside = formatted()
+    context = span.get_span_context()
+    assert inside["trace_id"] == format(context.trace_id, "032x")
+    assert inside["span_id"] == format(context.span_id, "016x")
+    assert "trace_id" not in inside["extra"]
+    outside = formatted()
+    assert "trace_id" not in outside and "span_id" not in outside
+    # Ids stamped where the record was logged (a queue's other thread formats it) win, and
+    # are fields of the record, not extra.
+    stamped = formatted(trace_id=TRACE_HEX, span_id=SPAN_HEX, order=7)
+    assert (stamped["trace_id"], stamped["span_id"]) == (TRACE_HEX, SPAN_HEX)
+    assert stamped["extra"] == {"order": 7}
+
+
+def test_formatter_never_imports_opentelemetry() -> None:
+    import subprocess
+    import sys
+
+    script = ("import json, logging, sys\n"
+              "from lq_logging import JSONFormatter\n"
+              "text = JSONFormatter().format(logging.makeLogRecord({'msg': 'x'}))\n"
+              "assert 'trace_id' not in json.loads(text)\n"
+              "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
