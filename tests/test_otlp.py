@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import secrets
 from typing import Any
 
@@ -223,6 +224,22 @@ def test_partial_success_fixed_topic_and_token(start_broker, tmp_path) -> None:
     # The real exporter sends the same header, as OTEL_EXPORTER_OTLP_HEADERS would set it.
     export_with_sdk(proc.url, "ignored-service", token=token)
     assert len(read_topic(proc.url, "all-otel", token)) == 3 + 4
+
+
+def test_without_the_otlp_extra_a_clear_501(start_broker, tmp_path) -> None:
+    shim = tmp_path / "no-otlp"
+    shim.mkdir()  # a broker that cannot import the protobuf classes, as without the extra
+    (shim / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['opentelemetry.proto'] = None\n")
+    path = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
+    proc = start_broker(f"sqlite:///{tmp_path / 'lq.db'}", env={"PYTHONPATH": path})
+    for content_type in ("application/json", "application/x-protobuf"):
+        reply = requests.post(proc.url + "/v1/logs", data=b"{}", timeout=10,
+                              headers={"Content-Type": content_type})
+        assert reply.status_code == 501
+        assert reply.json()["error"] == "not_installed"
+        assert "pip install 'logqueue[otlp]'" in reply.json()["message"]
+    assert requests.get(proc.url + "/topics", timeout=10).json()["status"] == "success"
 
 
 # --- trace correlation in the record format (lq_logging/record.py) ---------------------------
