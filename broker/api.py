@@ -255,7 +255,7 @@ def fetch(req: s.Fetch) -> s.FetchedBatch:
     wait = (req.wait_ms or 0) / 1000
     with metrics.waiting(wait):
         batch, position = _store().consumers.fetch(req.topic, req.consumer_id, req.max or 100, wait,
-                                         req.offset)
+                                         req.offset, req.start)
     metrics.consumed([m.body for m in batch.messages])
     return s.FetchedBatch(messages=_messages(batch.messages), position=position,
                           skipped=batch.skipped or None)

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import dburl, metrics, retention, store
+from . import dburl, metrics, otlp, retention, store
 from .api import bp, failure
 from .errors import BrokerError, TooLarge, Unauthorized
 from .web import is_public, web
@@ -80,6 +80,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     retention.init_app(app)
     app.register_blueprint(bp)
     app.register_blueprint(web)
+    otlp.init_app(app)
     metrics.init_app(app)
     _register_auth(app)
     _register_limits(app)

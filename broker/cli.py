@@ -31,6 +31,16 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
+def _topic(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    import re
+
+    from .schemas import TOPIC_PATTERN
+
+    if value is not None and not re.fullmatch(TOPIC_PATTERN, value):
+        raise click.BadParameter(f"{value!r} is not a topic name ({TOPIC_PATTERN})")
+    return value
+
+
 def _prepare_multiprocess_metrics() -> str | None:
     """Workers share metrics through files; the directory must be set before the first app
     is created (metrics.py).
@@ -78,11 +88,14 @@ def _prepare_multiprocess_metrics() -> str | None:
               show_default=True, type=click.IntRange(64, 16 * 1024 * 1024),
               help="Largest message accepted, in UTF-8 bytes; larger ones are refused with 413 "
                    "too_large (env LQ_MAX_MESSAGE_BYTES).")
+@click.option("--otlp-topic", envvar="LQ_OTLP_TOPIC", default=None, callback=_topic,
+              help="Put every OpenTelemetry log record sent to /v1/logs in this topic (env "
+                   "LQ_OTLP_TOPIC). Default: the topic named by the record's service.name.")
 @click.option("--dev", is_flag=True, help="Serve with Flask's threaded development server.")
 def broker_command(host: str, port: int, db_url: str | None, workers: int | None, threads: int,
                    token: str | None, retention: int | None, consumer_ttl: int | None,
                    prune_interval: float, recheck_interval: float, max_message_bytes: int,
-                   dev: bool) -> None:
+                   otlp_topic: str | None, dev: bool) -> None:
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
     # Imported here: every `lq` command loads this module, and these take half a second.
     from .app import create_app
@@ -97,7 +110,8 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
                               "LQ_PRUNE_INTERVAL": prune_interval,
                               "LQ_CONSUMER_TTL_MS": consumer_ttl,
                               "LQ_RECHECK_INTERVAL": recheck_interval,
-                              "LQ_MAX_MESSAGE_BYTES": max_message_bytes}
+                              "LQ_MAX_MESSAGE_BYTES": max_message_bytes,
+                              "LQ_OTLP_TOPIC": otlp_topic}
     try:
         app = create_app(config)
     except (ArgumentError, ImportError, ValueError) as exc:

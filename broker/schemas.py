@@ -7,9 +7,19 @@ here and nowhere else.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 from typing_extensions import TypedDict  # pydantic wants this one before Python 3.12
 
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
@@ -55,6 +65,38 @@ _topic = Field(validation_alias=AliasChoices("topic", "topic_name", "name"),
                description="The topic; also accepted as `topic_name` or `name`.")
 
 
+def start_point(value: Any) -> Any:
+    """`from`: 'earliest', 'latest', or a time as microseconds since the epoch (UTC): an
+    ISO-8601 time (UTC unless it gives an offset) or a duration back from now ('10m')."""
+    from .retention import parse_duration_ms  # retention imports the store
+
+    if not isinstance(value, str):
+        raise ValueError("give earliest, latest, an ISO-8601 time or a duration such as 10m")
+    text = value.strip()
+    if text in ("earliest", "latest"):
+        return text
+    if text.lower() in ("none", "forever", "off"):  # durations, but no point in time
+        raise ValueError(f"not a point in time: {text!r}")
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        try:
+            back_ms = parse_duration_ms(text)
+        except ValueError:
+            raise ValueError(f"not earliest, latest, an ISO-8601 time or a duration such as "
+                             f"10m or 2h: {text[:64]!r}") from None
+        return int(datetime.now(UTC).timestamp() * 1_000_000) - back_ms * 1000
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+#: Where reading starts: a position name, or the first message appended at or after a time.
+Start = Annotated[Literal["earliest", "latest"] | int, BeforeValidator(start_point),
+                  WithJsonSchema({"type": "string", "examples": ["earliest", "latest", "10m",
+                                                                 "2024-05-01T12:00:00Z"]})]
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
@@ -91,8 +133,10 @@ class RegisterConsumer(Request):
     topic: TopicName = _topic
     consumer_name: Name | None = Field(
         default=None, description="Same name and topic, same id: a restarted runner resumes.")
-    start: Literal["earliest", "latest"] = Field(
-        default="earliest", validation_alias=AliasChoices("from", "start"))
+    start: Start = Field(
+        default="earliest", validation_alias=AliasChoices("from", "start"),
+        description="earliest, latest, an ISO-8601 time or a duration back from now (10m): "
+                    "a time starts at the first message appended at or after it.")
 
 
 class Produce(Request):
@@ -117,6 +161,9 @@ class Consume(ConsumerRef):
 
 class Fetch(Consume):
     offset: Offset | None = None
+    start: Start | None = Field(
+        default=None, validation_alias=AliasChoices("from", "start"),
+        description="Without `offset`: read from here (as on register) instead of the position.")
 
 
 class Commit(ConsumerRef):

@@ -61,7 +61,7 @@ from typing import Any
 from lq_logging.backlog import Backlog
 from lq_logging.diagnostics import diagnostics
 from lq_logging.mailbox import RECORD_CLASS, Counters, FlushMark, Mailbox, Stop
-from lq_logging.record import DEFAULT_MAX_BYTES, JSONFormatter, fit_text
+from lq_logging.record import DEFAULT_MAX_BYTES, JSONFormatter, fit_text, trace_ids
 from lq_logging.sender import Sender
 from lq_logging.settings import OVERFLOW_POLICIES, check_level, settings
 from sdk.contract import DEFAULT_URL
@@ -226,6 +226,7 @@ class LogQueueHandler(logging.Handler):
         attrs = record.__dict__.copy()
         attrs["msg"] = record.getMessage()
         attrs["args"] = None
+        attrs.update(trace_ids())  # the span is this thread's: the sender has none
         if record.exc_info:
             if not record.exc_text:
                 attrs["exc_text"] = _TRACEBACKS.formatException(record.exc_info)

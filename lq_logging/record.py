@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +40,7 @@ STANDARD_ATTRS = frozenset(
 #: The keys of the format itself; static ``fields`` never overwrite them.
 RECORD_KEYS = ("time", "level", "levelno", "logger", "message", "module", "function", "line",
                "pathname", "process", "process_name", "thread", "thread_name", "host",
-               "exception", "stack", "extra", "truncated")
+               "exception", "stack", "extra", "truncated", "trace_id", "span_id")
 
 #: The broker refuses a message over 1 MiB; stay below it with room for JSON escaping.
 DEFAULT_MAX_BYTES = 1_000_000
@@ -95,6 +96,20 @@ def _value(value: Any) -> str:
     if cls is int:
         return str(value)
     return _encode(value)
+
+
+def trace_ids() -> dict[str, str]:
+    """The active OpenTelemetry span's ``trace_id`` and ``span_id`` in hex, or ``{}``.
+    OpenTelemetry is never imported here: without it loaded, no span can be active. Call it
+    in the thread that logs (the span is that thread's context)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return {}
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x")}
 
 
 class _UTCClock:
@@ -168,9 +183,13 @@ class JSONFormatter(logging.Formatter):
         if record.stack_info:
             data["stack"] = record.stack_info
         attrs = record.__dict__
-        data["extra"] = ({k: _jsonable(v) for k, v in attrs.items()
-                          if k not in STANDARD_ATTRS and k[:1] != "_"}
-                         if attrs.keys() - STANDARD_ATTRS else {})
+        extra = ({k: _jsonable(v) for k, v in attrs.items()
+                  if k not in STANDARD_ATTRS and k[:1] != "_"}
+                 if attrs.keys() - STANDARD_ATTRS else {})
+        # Ids stamped on the record where it was logged (the handler's queue), else now.
+        ids = {k: extra.pop(k) for k in ("trace_id", "span_id") if k in extra} or trace_ids()
+        data.update(ids)
+        data["extra"] = extra
         if self.fields:
             for key, value in self.fields.items():
                 data.setdefault(key, value)
@@ -192,7 +211,7 @@ class JSONFormatter(logging.Formatter):
         into its JSON, the same text as ``_encode(self.to_dict(record))`` at half the cost
         (the sender's main work); ``None`` for any other record."""
         if (record.exc_info or record.exc_text or record.stack_info
-                or record.__dict__.keys() - STANDARD_ATTRS):
+                or record.__dict__.keys() - STANDARD_ATTRS or trace_ids()):
             return None
         message = record.getMessage() if record.args or record.msg.__class__ is not str \
             else record.msg
@@ -285,4 +304,4 @@ def shrink_record(data: dict[str, Any], max_bytes: int) -> str:
 
 __all__ = ["DEFAULT_MAX_BYTES", "JSONFormatter", "RECORD_KEYS", "STANDARD_ATTRS",
            "TRUNCATION_MARKER", "cut_bytes", "escape_surrogates", "fit_text", "shrink_record",
-           "utf8_size"]
+           "trace_ids", "utf8_size"]

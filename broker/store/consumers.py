@@ -40,19 +40,20 @@ class Consumers:
 
     # --- registrations -----------------------------------------------------------------------
     @retry_stale_topic
-    def register(self, topic: str, name: str | None = None, start: str = "earliest") -> int:
-        """A new consumer at the topic's start (or end); a named one already there is
-        resumed. One transaction."""
+    def register(self, topic: str, name: str | None = None,
+                 start: str | int = "earliest") -> int:
+        """A new consumer at the topic's start, end, or first message appended at or after
+        a time (`start` in microseconds); a named one already there is resumed. One
+        transaction."""
         try:
             with self.db.transaction(write=True) as conn:
                 topic_id = self.caches.topic_id(topic, conn)
                 existing = self._named(conn, topic_id, name)
                 if existing is not None:
                     return existing
-                bounds = conn.execute(q.SELECT_TOPIC_BOUNDS, {"topic": topic_id}).first()
-                if bounds is None:
+                position = reads.start_offset(conn, topic_id, start)
+                if position is None:
                     self.caches.topic_gone(topic)
-                position = bounds[1] if start == "latest" else bounds[0]
                 consumer_id = self.db.insert_with_new_id(conn, q.INSERT_CONSUMER, {
                     "topic": topic_id, "name": name, "position": position})
         except NameTaken:  # the same name registered concurrently: that registration won
@@ -102,10 +103,16 @@ class Consumers:
 
     @retry_stale_topic
     def fetch(self, topic: str, consumer_id: int, limit: int, wait: float = 0.0,
-              offset: int | None = None) -> tuple[Batch, int]:
-        """Read up to `limit` messages from `offset` (default: the position) without moving it."""
+              offset: int | None = None, start: str | int | None = None) -> tuple[Batch, int]:
+        """Read up to `limit` messages from `offset` (default: where `start` is now, as on
+        register, else the position) without moving the position."""
         topic_id = self._check(topic, consumer_id)
         position = 0
+        if offset is None and start is not None:
+            with self.db.transaction() as conn:
+                offset = reads.start_offset(conn, topic_id, start)
+            if offset is None:
+                self.caches.topic_gone(topic)
 
         def read() -> Batch:
             nonlocal position

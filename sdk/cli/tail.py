@@ -7,6 +7,7 @@ import json
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import click
 
@@ -21,6 +22,7 @@ from sdk.cli.options import (
 )
 from sdk.client import Message
 from sdk.consumer import Consumer
+from sdk.contract import parse_duration_ms
 from sdk.exceptions import LogQueueError
 from sdk.render import RecordFilter, compile_grep, format_text, parse_level, parse_record
 
@@ -43,6 +45,17 @@ def _checked(parse: Callable[[str], object]) -> Callable[..., str | None]:
     return callback
 
 
+def parse_since(value: str) -> str:
+    """An ISO-8601 time or a duration back from now (``10m``), checked here; the broker
+    finds the first message appended at or after it (by its own clock)."""
+    try:
+        datetime.fromisoformat(value.strip())
+    except ValueError:
+        if parse_duration_ms(value) == 0:
+            raise ValueError(f"not a point in time: {value!r}") from None
+    return value.strip()
+
+
 @click.command("tail", context_settings=CONTEXT, epilog="""\b
 Examples:
   lq tail app                      # the last 10 messages
@@ -50,6 +63,8 @@ Examples:
   lq tail app -f                   # the last 10, then new ones as they arrive (Ctrl-C stops)
   lq tail app -f -n 0              # only new messages
   lq tail app --from-beginning     # everything kept
+  lq tail app --since 10m -f       # everything of the last 10 minutes, then follow
+  lq tail app --since 2024-05-01T12:00:00Z   # from a time (UTC unless an offset is given)
   lq tail app --level WARNING      # the last 10 warnings, errors and criticals
   lq tail app -f --logger shop.db  # shop.db and shop.db.pool, not shop.dbx
   lq tail app --grep 'order 42'    # the text contains "order 42" (case-sensitive)
@@ -69,6 +84,9 @@ reads by offset, and removes the registration when it exits (Ctrl-C or SIGTERM t
 @topic_argument
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new messages (long-poll).")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest message kept.")
+@click.option("--since", metavar="WHEN", callback=_checked(parse_since),
+              help="Start at the first message appended at or after WHEN: an ISO-8601 time "
+                   "or a duration back from now (10m, 2h).")
 @click.option("-n", "--lines", "count", type=click.IntRange(0), default=10, show_default=True,
               help="Start with the last N messages (that match the filters).")
 @click.option("--level", metavar="LEVEL", callback=_checked(parse_level),
@@ -86,19 +104,22 @@ reads by offset, and removes the registration when it exits (Ctrl-C or SIGTERM t
 @click.pass_context
 @handle_errors
 def tail_command(ctx: click.Context, topic: str, follow: bool, from_beginning: bool,
-                 count: int, level: str | None, logger: str | None, grep: str | None,
-                 as_json: bool, wait: float) -> None:
+                 since: str | None, count: int, level: str | None, logger: str | None,
+                 grep: str | None, as_json: bool, wait: float) -> None:
     """Print TOPIC's last messages (by default 10), and with -f follow new ones."""
     view = _View(RecordFilter(level, logger, grep), as_json,
                  colour=not as_json and click.get_text_stream("stdout").isatty())
     client = make_client(ctx)
     consumer = Consumer(client, start="latest")
+    if since:
+        consumer.start = since  # type: ignore[assignment] # the broker takes a time as `from`
     on_sigterm_raise_interrupt()
     try:
         consumer.register(topic)  # UnknownTopic here, before anything is printed
         info = client.describe(topic)
-        if from_beginning:
-            for batch in _read(consumer, topic, info.first_offset, info.next_offset, 0):
+        if from_beginning or since:
+            start = consumer.fetch(topic, max=1)[1] if since else info.first_offset
+            for batch in _read(consumer, topic, start, info.next_offset, 0):
                 click.echo(view.lines(batch), nl=False)
         else:
             click.echo("".join(_last_lines(consumer, topic, info.first_offset,
