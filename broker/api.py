@@ -73,16 +73,17 @@ def _read_body() -> dict[str, Any] | bytes | bytearray:
     client's fault, a 400."""
     encoding = request.headers.get("Content-Encoding", "")
     limit = current_app.config["MAX_CONTENT_LENGTH"]
+    multipart = request.mimetype == "multipart/form-data"
+    if multipart and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedEncoding("a multipart body cannot be compressed; send JSON")
     try:
-        if request.mimetype == "multipart/form-data" and not encoding:
+        if multipart:
             return request.form.to_dict()
         data = wire.read_stream(request.stream, limit)  # 413 past MAX_CONTENT_LENGTH
     except (HTTPException, BrokerError):
         raise
     except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
         raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
-    if request.mimetype == "multipart/form-data":
-        raise UnsupportedEncoding("a multipart body cannot be compressed; send JSON")
     return wire.inflate(data, encoding, limit)
 
 

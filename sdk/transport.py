@@ -125,8 +125,8 @@ class Transport:
             through a proxy by a stray ``HTTP_PROXY``, and the environment scan costs about a
             quarter of the client's CPU per request.
         compress: gzip request bodies over 4 KiB (batches of log records shrink several
-            times). Replies come compressed whatever this says: ``requests`` asks for gzip
-            and inflates it.
+            times) and take compressed replies (``requests`` asks for gzip and inflates it).
+            ``False`` sends and asks for plain bodies: less CPU, more bytes.
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -267,6 +267,8 @@ class Transport:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = USER_AGENT
+        if not self.compress:
+            session.headers["Accept-Encoding"] = "identity"
         if self._token:
             session.headers["Authorization"] = f"Bearer {self._token}"
         return session
