@@ -45,7 +45,11 @@ def messages(conn: Connection, topic_id: int, start: int, limit: int,
         rows = conn.execute(SELECT_MESSAGES_WITHIN_PG, {**params, "max_bytes": max_bytes})
         return list(map(Message._make, rows.all()))
     # SQLite steps a row at a time: the rows past the bound are never read.
-    return within(map(Message._make, conn.execute(SELECT_MESSAGES, params)), max_bytes)
+    result = conn.execute(SELECT_MESSAGES, params)
+    try:
+        return within(map(Message._make, result), max_bytes)
+    finally:
+        result.close()
 
 
 def within(found: Iterable[Message], max_bytes: int) -> list[Message]:
