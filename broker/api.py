@@ -20,9 +20,9 @@ from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from . import metrics
+from . import metrics, wire
 from . import schemas as s
-from .errors import BadRequest, QueueEmpty, TooLarge
+from .errors import BadRequest, BrokerError, QueueEmpty, TooLarge, UnsupportedEncoding
 from .store import AppendRequest, Message, Store, get_store, iso_time
 
 bp = Blueprint("api", __name__)
@@ -38,23 +38,26 @@ class Endpoint:
     request: type[s.Request] | None
     replies: tuple[type[s.Reply], ...]
     summary: str
+    compress: bool = False  # replies compressed when the client accepts it (wire.py)
 
 
 ENDPOINTS: list[Endpoint] = []
 
 
 def endpoint(method: str, path: str, request_model: type[s.Request] | None,
-             *replies: type[s.Reply]) -> Callable:
-    """Route `view`, parse its request model, serialize the reply model it returns."""
+             *replies: type[s.Reply], compress: bool = False) -> Callable:
+    """Route `view`, parse its request model, serialize the reply model it returns
+    (`compress`: compressed when the client sends Accept-Encoding)."""
 
     def decorate(view: Callable[..., s.Reply]) -> Callable[..., s.Reply]:
         def handle() -> Response:
             reply = view(parse(request_model)) if request_model else view()
-            return Response(reply.model_dump_json(exclude_none=True), mimetype="application/json")
+            body = reply.model_dump_json(exclude_none=True)
+            return encoded_reply(body) if compress else Response(body, mimetype="application/json")
 
         bp.add_url_rule(path, view.__name__, handle, methods=[method], strict_slashes=False)
         ENDPOINTS.append(Endpoint(method, path, request_model, replies,
-                                  (view.__doc__ or "").strip()))
+                                  (view.__doc__ or "").strip(), compress))
         return view
 
     return decorate
@@ -64,23 +67,71 @@ def _store() -> Store:
     return get_store(current_app)
 
 
-def _read_body() -> dict[str, Any] | bytes:
-    """The form fields or the raw body. The server's body reader can fail on bad chunked
-    encoding or a client that stops mid-body: that is the client's fault, a 400."""
+def _read_body() -> dict[str, Any] | bytes | bytearray:
+    """The form fields or the raw body, inflated from its Content-Encoding. The server's body
+    reader can fail on bad chunked encoding or a client that stops mid-body: that is the
+    client's fault, a 400."""
+    encoding = request.headers.get("Content-Encoding", "")
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    multipart = request.mimetype == "multipart/form-data"
+    if multipart and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedEncoding("a multipart body cannot be compressed; send JSON")
     try:
-        if request.mimetype in FORM_TYPES:
+        if multipart:
             return request.form.to_dict()
-        return request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
-    except HTTPException:
+        data = wire.read_stream(request.stream, limit)  # 413 past MAX_CONTENT_LENGTH
+    except (HTTPException, BrokerError):
         raise
     except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
         raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
+    return wire.inflate(data, encoding, limit)
+
+
+def _fields(raw: bytes | bytearray) -> dict[str, str]:
+    """URL-encoded fields (a query string or a form body), the first value of each name. The
+    text must be UTF-8: an invalid byte is a 400, as it is in a JSON body."""
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("the parameters are not valid UTF-8") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        fields.setdefault(name, value)
+    return fields
+
+
+def _json_object(data: bytes | bytearray | str) -> dict[str, Any] | None:
+    """`data` parsed as a JSON object, or None when it is not one."""
+    if data.lstrip()[:1] not in (b"{", "{"):
+        return None
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _form_params(data: bytes | bytearray) -> dict[str, Any]:
+    """A form body; or the JSON object sent as one (`curl -d '{...}'` labels its JSON a form):
+    the whole body parses as an object, or the form's only name does."""
+    found = _json_object(data)
+    if found is not None:
+        return found
+    fields = _fields(data)
+    if len(fields) == 1:
+        (name, value), = fields.items()
+        found = _json_object(name) if value == "" else None
+        if found is not None:
+            return found
+    return fields
 
 
 def _body_params() -> dict[str, Any]:
     data = _read_body()
     if isinstance(data, dict):
         return data
+    if request.mimetype == FORM_TYPES[0]:
+        return _form_params(data)
     if not data.strip():
         return {}
     try:
@@ -101,7 +152,7 @@ def _body_params() -> dict[str, Any]:
 
 def parse(model: type[Model]) -> Model:
     """Validate the merged parameters against `model`; any problem is a `bad_request`."""
-    params: dict[str, Any] = request.args.to_dict()
+    params: dict[str, Any] = _fields(request.query_string)
     params.update(_body_params())
     try:
         return model.model_validate(params)
@@ -111,6 +162,19 @@ def parse(model: type[Model]) -> Model:
             where = ".".join(str(part) for part in error["loc"]) or "body"
             problems.append(f"{where}: {error['msg']}")
         raise BadRequest("invalid request: " + "; ".join(problems)) from None
+
+
+def encoded_reply(body: str) -> Response:
+    """A JSON reply, compressed in the best coding the client accepts once it is large enough
+    to gain from it."""
+    response = Response(body, mimetype="application/json")
+    response.vary.add("Accept-Encoding")
+    raw = response.get_data()
+    coding = wire.reply_encoding(request.headers.get("Accept-Encoding", ""))
+    if coding and len(raw) >= wire.MIN_COMPRESSED_REPLY:
+        response.set_data(wire.compress(raw, coding))
+        response.headers["Content-Encoding"] = coding
+    return response
 
 
 def failure(status: int, code: str, message: str) -> Response:
@@ -231,7 +295,8 @@ def unregister_consumer(req: s.ConsumerRef) -> s.Done:
     return s.Done(message="Consumer unregistered")
 
 
-@endpoint("GET", "/consumer/consume", s.Consume, s.ClassicMessage, s.MessageBatch)
+@endpoint("GET", "/consumer/consume", s.Consume, s.ClassicMessage, s.MessageBatch,
+          compress=True)
 def consume(req: s.Consume) -> s.ClassicMessage | s.MessageBatch:
     """Take the next message (classic), or with `max`/`wait_ms` a batch, long-polling."""
     if req.max is None and req.wait_ms is None:
@@ -244,18 +309,19 @@ def consume(req: s.Consume) -> s.ClassicMessage | s.MessageBatch:
                                 skipped=batch.skipped or None)
     wait = (req.wait_ms or 0) / 1000
     with metrics.waiting(wait):
-        batch = _store().consumers.consume(req.topic, req.consumer_id, req.max or 100, wait)
+        batch = _store().consumers.consume(req.topic, req.consumer_id, req.max or 100, wait,
+                                           req.max_bytes)
     metrics.consumed([m.body for m in batch.messages])
     return s.MessageBatch(messages=_messages(batch.messages), skipped=batch.skipped or None)
 
 
-@endpoint("GET", "/consumer/fetch", s.Fetch, s.FetchedBatch)
+@endpoint("GET", "/consumer/fetch", s.Fetch, s.FetchedBatch, compress=True)
 def fetch(req: s.Fetch) -> s.FetchedBatch:
     """Read a batch from `offset` (default: the position) without moving the position."""
     wait = (req.wait_ms or 0) / 1000
     with metrics.waiting(wait):
         batch, position = _store().consumers.fetch(req.topic, req.consumer_id, req.max or 100, wait,
-                                         req.offset, req.start)
+                                         req.offset, req.start, req.max_bytes)
     metrics.consumed([m.body for m in batch.messages])
     return s.FetchedBatch(messages=_messages(batch.messages), position=position,
                           skipped=batch.skipped or None)

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from . import dburl, metrics, otlp, retention, store
 from .api import bp, failure
@@ -84,6 +85,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     _register_auth(app)
     _register_limits(app)
+    _register_redirects(app)
     _register_error_handlers(app)
     return app
 
@@ -95,6 +97,20 @@ def _register_limits(app: Flask) -> None:
     def limit_query_string() -> None:
         if len(request.query_string) > limit:
             raise TooLarge(f"the query string is over the limit of {limit} bytes")
+
+
+def _register_redirects(app: Flask) -> None:
+    """A path the router would redirect (`/topics//`) answers a JSON 308, once the token is
+    checked: Flask sends its routing redirects as HTML pages, past every error handler."""
+
+    @app.before_request
+    def json_redirect() -> Response | None:
+        redirect = request.routing_exception
+        if not isinstance(redirect, RequestRedirect):
+            return None
+        response = failure(308, "moved", f"this resource is at {redirect.new_url}")
+        response.headers["Location"] = redirect.new_url
+        return response
 
 
 def _register_auth(app: Flask) -> None:

@@ -53,3 +53,10 @@ class Unavailable(BrokerError):
 
     status = 503
     code = "unavailable"
+
+
+class UnsupportedEncoding(BrokerError):
+    """A Content-Encoding the broker cannot decode."""
+
+    status = 415
+    code = "unsupported_encoding"

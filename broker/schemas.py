@@ -7,6 +7,7 @@ here and nowhere else.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -25,9 +26,24 @@ from typing_extensions import TypedDict  # pydantic wants this one before Python
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 MAX_ID = 2**53
 
+MiB = 1024 * 1024
+_DIGITS = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def _integer(value: Any) -> Any:
+    """An int, or a string of digits (the query and form dialects send nothing else); not a
+    boolean (an int to Python), not a float, not "1.0" or "1_000"."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be an integer")
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be an integer")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integer)]
 TopicName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
-Id = Annotated[int, Field(ge=1, lt=MAX_ID)]
-Offset = Annotated[int, Field(ge=0, lt=2**63)]
+Id = Annotated[Integer, Field(ge=1, lt=MAX_ID)]
+Offset = Annotated[Integer, Field(ge=0, lt=2**63)]
 
 
 def storable_size(text: str) -> int:
@@ -101,8 +117,9 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
 
-RetentionMs = Annotated[int, Field(ge=0, lt=2**53, description="0: no limit by age.")]
-RetentionMessages = Annotated[int, Field(ge=0, lt=2**53, description="0: no limit by count.")]
+RetentionMs = Annotated[Integer, Field(ge=0, lt=2**53, description="0: no limit by age.")]
+RetentionMessages = Annotated[Integer, Field(ge=0, lt=2**53,
+                                             description="0: no limit by count.")]
 
 
 class CreateTopic(Request):
@@ -145,7 +162,7 @@ class Produce(Request):
     message: str | None = Field(default=None,
                                 validation_alias=AliasChoices("message", "log_message"))
     messages: list[str] | None = Field(default=None, description="An atomic batch.")
-    seq: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(
+    seq: Annotated[Integer, Field(ge=0, lt=2**63)] | None = Field(
         default=None, description="Idempotence: increasing per (producer, topic).")
 
 
@@ -155,8 +172,11 @@ class ConsumerRef(Request):
 
 
 class Consume(ConsumerRef):
-    max: Annotated[int, Field(ge=1, le=1000)] | None = None
-    wait_ms: Annotated[int, Field(ge=0, le=30000)] | None = None
+    max: Annotated[Integer, Field(ge=1, le=1000)] | None = None
+    wait_ms: Annotated[Integer, Field(ge=0, le=30000)] | None = None
+    max_bytes: Annotated[Integer, Field(ge=1, le=16 * MiB)] = Field(
+        default=8 * MiB, description="Message text a batch reply carries at most (UTF-8 "
+                                     "bytes); always at least one message.")
 
 
 class Fetch(Consume):

@@ -38,6 +38,7 @@ import random
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,6 +83,11 @@ def parse_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_GZIP_JSON_HEADERS = {**_JSON_HEADERS, "Content-Encoding": "gzip"}
+#: Request bodies above this many bytes go gzipped (when ``compress``); smaller ones would
+#: gain a few bytes for a header and the CPU.
+COMPRESS_ABOVE = 4096
+GZIP_LEVEL = 1  # the fastest: a batch of log records shrinks 6x (7x at level 6, for 2.5x the CPU)
 
 #: SDK objects with per-process state (transports, producers, consumers): each one's
 #: ``_after_fork()`` runs in a forked child. One hook for the whole SDK.
@@ -118,6 +124,9 @@ class Transport:
             ``requests`` does by default. Off by default: a log shipper should not be routed
             through a proxy by a stray ``HTTP_PROXY``, and the environment scan costs about a
             quarter of the client's CPU per request.
+        compress: gzip request bodies over 4 KiB (batches of log records shrink several
+            times) and take compressed replies (``requests`` asks for gzip and inflates it).
+            ``False`` sends and asks for plain bodies: less CPU, more bytes.
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -125,7 +134,7 @@ class Transport:
     def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, *, token: str | None = None,
                  connect_timeout: float = 3.05, read_timeout: float = 10.0, retries: int = 5,
                  backoff: float = 0.1, backoff_max: float = 2.0, pool_maxsize: int = 32,
-                 trust_env: bool = False) -> None:
+                 trust_env: bool = False, compress: bool = True) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.urls: tuple[str, ...] = parse_urls(urls)
@@ -137,6 +146,7 @@ class Transport:
         self._token = token
         self._pool_maxsize = pool_maxsize
         self._trust_env = trust_env
+        self.compress = compress
         self._active = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -186,6 +196,9 @@ class Transport:
             params = {k: v for k, v in params.items() if v is not None}
         is_get = method.upper() == "GET"
         query, body = (params, None) if is_get else (None, _json_body(method, path, params))
+        headers = None if body is None else _JSON_HEADERS
+        if body is not None and self.compress and len(body) > COMPRESS_ABOVE:
+            body, headers = _gzip(body), _GZIP_JSON_HEADERS
         timeout = (self.connect_timeout, self.read_timeout + max(wait, 0.0))
         failed: set[int] = set()
         pauses = 0
@@ -196,7 +209,7 @@ class Transport:
                 time.sleep(self._delay(pauses))
                 pauses += 1
                 failed.clear()
-            answer = self._send(method, self.urls[index], path, query, body, timeout)
+            answer = self._send(method, self.urls[index], path, query, (body, headers), timeout)
             if not isinstance(answer, LogQueueError):
                 return answer
             failed.add(index)
@@ -224,14 +237,16 @@ class Transport:
     # -- internals ----------------------------------------------------------------------
 
     def _send(self, method: str, url: str, path: str, query: Mapping[str, Any] | None,
-              body: bytes | None, timeout: tuple[float, float]) -> dict[str, Any] | LogQueueError:
-        """Send once to ``url``: the success body, or the error to retry elsewhere (no answer,
-        or a 5xx). Raise what no retry can mend (a 4xx, a request that cannot be built)."""
+              payload: tuple[bytes | None, Mapping[str, str] | None],
+              timeout: tuple[float, float]) -> dict[str, Any] | LogQueueError:
+        """Send once to ``url`` the (body, headers) ``payload``: the success body, or the error
+        to retry elsewhere (no answer, or a 5xx). Raise what no retry can mend (a 4xx, a
+        request that cannot be built)."""
         session = self._session or self._open_session()
+        body, headers = payload
         try:
             resp = session.request(method, url + path, params=query, data=body,
-                                   headers=None if body is None else _JSON_HEADERS,
-                                   timeout=timeout)
+                                   headers=headers, timeout=timeout)
         except _RETRYABLE as exc:
             error = BrokerUnavailable(f"{method} {url}{path}: {type(exc).__name__}: {exc}",
                                       status=None)
@@ -252,6 +267,8 @@ class Transport:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = USER_AGENT
+        if not self.compress:
+            session.headers["Accept-Encoding"] = "identity"
         if self._token:
             session.headers["Authorization"] = f"Bearer {self._token}"
         return session
@@ -290,6 +307,11 @@ def _json_body(method: str, path: str, params: Mapping[str, Any] | None) -> byte
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
         raise UnencodableRequest(f"{method} {path}: cannot encode the request as UTF-8 JSON: "
                                  f"{exc}") from exc
+
+
+def _gzip(body: bytes) -> bytes:
+    deflater = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: the gzip format
+    return deflater.compress(body) + deflater.flush()
 
 
 def _body(resp: requests.Response) -> dict[str, Any] | None:

@@ -95,17 +95,21 @@ class Consumers:
 
     # --- reads -------------------------------------------------------------------------------
     @retry_stale_topic
-    def consume(self, topic: str, consumer_id: int, limit: int, wait: float = 0.0) -> Batch:
-        """Take up to `limit` messages and move the position past them, waiting up to `wait`."""
+    def consume(self, topic: str, consumer_id: int, limit: int, wait: float = 0.0,
+                max_bytes: int | None = None) -> Batch:
+        """Take up to `limit` messages (and `max_bytes` of text, at least one message) and move
+        the position past them, waiting up to `wait`."""
         topic_id = self._check(topic, consumer_id)
-        return self._wait_for(topic_id, consumer_id, wait,
-                              lambda: self.db.dialect.take(self.db, topic_id, consumer_id, limit))
+        return self._wait_for(topic_id, consumer_id, wait, lambda: self.db.dialect.take(
+            self.db, topic_id, consumer_id, limit, max_bytes))
 
     @retry_stale_topic
     def fetch(self, topic: str, consumer_id: int, limit: int, wait: float = 0.0,
-              offset: int | None = None, start: str | int | None = None) -> tuple[Batch, int]:
-        """Read up to `limit` messages from `offset` (default: where `start` is now, as on
-        register, else the position) without moving the position."""
+              offset: int | None = None, start: str | int | None = None,
+              max_bytes: int | None = None) -> tuple[Batch, int]:
+        """Read up to `limit` messages (and `max_bytes` of text, at least one) from `offset`
+        (default: where `start` is now, as on register, else the position) without moving
+        the position."""
         topic_id = self._check(topic, consumer_id)
         position = 0
         if offset is None and start is not None:
@@ -119,7 +123,7 @@ class Consumers:
             with self.db.transaction() as conn:
                 position = reads.position(conn, consumer_id)
                 start = position if offset is None else offset
-                found = reads.messages(conn, topic_id, start, limit)
+                found = reads.messages(conn, topic_id, start, limit, max_bytes)
             return Batch(found, found[0].offset - start if found else 0)
 
         batch = self._wait_for(topic_id, consumer_id, wait, read)

@@ -74,8 +74,10 @@ class Dialect:
         """Insert (offset, body) rows with the driver's cursor."""
         raise NotImplementedError
 
-    def take(self, db: Database, topic_id: int, consumer_id: int, limit: int) -> Batch:
-        """Read up to `limit` messages at the consumer's position and move it past them."""
+    def take(self, db: Database, topic_id: int, consumer_id: int, limit: int,
+             max_bytes: int | None = None) -> Batch:
+        """Read up to `limit` messages (and `max_bytes` of text, see reads.messages) at the
+        consumer's position and move it past them."""
         raise NotImplementedError
 
 
@@ -118,14 +120,15 @@ class SqliteDialect(Dialect):
         cursor.executemany(q.INSERT_MESSAGE_SQLITE,
                            [(topic_id, offset, body, stamp) for offset, body in rows])
 
-    def take(self, db: Database, topic_id: int, consumer_id: int, limit: int) -> Batch:
+    def take(self, db: Database, topic_id: int, consumer_id: int, limit: int,
+             max_bytes: int | None = None) -> Batch:
         with db.transaction() as conn:
             position, first, next_offset = reads.lag(conn, consumer_id)
         if max(position, first) >= next_offset:
             return Batch([])  # nothing to read: no write lock taken
         with db.transaction(write=True) as conn:
             position = reads.position(conn, consumer_id)
-            found = reads.messages(conn, topic_id, position, limit)
+            found = reads.messages(conn, topic_id, position, limit, max_bytes)
             if found:
                 conn.execute(q.SET_CONSUMER_POSITION,
                              {"position": found[-1].offset + 1, "id": consumer_id})
@@ -183,8 +186,10 @@ class PostgresDialect(Dialect):
         buffer.seek(0)
         cursor.copy_expert(q.COPY_MESSAGES, buffer)
 
-    def take(self, db: Database, topic_id: int, consumer_id: int, limit: int) -> Batch:
-        params = {"id": consumer_id, "topic": topic_id, "limit": limit}
+    def take(self, db: Database, topic_id: int, consumer_id: int, limit: int,
+             max_bytes: int | None = None) -> Batch:
+        params = {"id": consumer_id, "topic": topic_id, "limit": limit,
+                  "max_bytes": reads.UNBOUNDED if max_bytes is None else max_bytes}
         with db.transaction(write=True) as conn:
             rows = conn.execute(q.TAKE_MESSAGES_PG, params).all()
         if not rows:

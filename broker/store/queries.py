@@ -93,14 +93,25 @@ ADVANCE_CONSUMER_POSITION = text(
 SELECT_CONSUMER_POSITION = text("SELECT position FROM lq_consumers WHERE id = :id")
 DELETE_CONSUMER = text("DELETE FROM lq_consumers WHERE id = :id AND topic_id = :topic")
 
+# A page of messages from a start offset carrying at most :max_bytes of text (UTF-8), and
+# always the first: a running total over the LIMITed range scan (octet_length reads a TOASTed
+# body's size without fetching it), so the bodies past the bound never leave the server.
+_PAGE_WITHIN_PG = (
+    "SELECT msg_offset, body, ts_us FROM ("
+    "  SELECT msg_offset, body, ts_us, ROW_NUMBER() OVER w AS n, "
+    "         SUM(octet_length(body)) OVER w AS upto "
+    "  FROM (SELECT msg_offset, body, ts_us FROM lq_messages "
+    "        WHERE topic_id = :topic AND msg_offset >= {start} "
+    "        ORDER BY msg_offset LIMIT :limit) AS page "
+    "  WINDOW w AS (ORDER BY msg_offset ROWS UNBOUNDED PRECEDING)) AS sized "
+    "WHERE upto <= :max_bytes OR n = 1")
+
 # One round trip on PostgreSQL: lock the position, read the range after it, move it past.
 # The position is a scalar subquery (an InitPlan), so the read is an index range scan that
 # starts at the position; a join with `cur` read the topic from offset 0 and filtered.
 TAKE_MESSAGES_PG = text(
     "WITH cur AS (SELECT position FROM lq_consumers WHERE id = :id FOR UPDATE), "
-    "taken AS (SELECT m.msg_offset, m.body, m.ts_us FROM lq_messages m "
-    "          WHERE m.topic_id = :topic AND m.msg_offset >= (SELECT position FROM cur) "
-    "          ORDER BY m.msg_offset LIMIT :limit), "
+    f"taken AS ({_PAGE_WITHIN_PG.format(start='(SELECT position FROM cur)')}), "
     "moved AS (UPDATE lq_consumers SET position = (SELECT MAX(msg_offset) + 1 FROM taken) "
     "          WHERE id = :id AND EXISTS (SELECT 1 FROM taken)) "
     "SELECT msg_offset, body, ts_us, (SELECT position FROM cur) FROM taken "
@@ -110,6 +121,7 @@ TAKE_MESSAGES_PG = text(
 SELECT_MESSAGES = text(
     "SELECT msg_offset, body, ts_us FROM lq_messages "
     "WHERE topic_id = :topic AND msg_offset >= :start ORDER BY msg_offset LIMIT :limit")
+SELECT_MESSAGES_WITHIN_PG = text(_PAGE_WITHIN_PG.format(start=":start") + " ORDER BY msg_offset")
 # Appends go through the driver's cursor (see dialect.py): plain DB-API strings.
 COPY_MESSAGES = "COPY lq_messages (topic_id, msg_offset, body, ts_us) FROM STDIN"
 INSERT_MESSAGE_SQLITE = (
