@@ -215,11 +215,11 @@ class JSONFormatter(logging.Formatter):
             return None
         message = record.getMessage() if record.args or record.msg.__class__ is not str \
             else record.msg
-        return (f'{{"time":"{self._clock(record.created)}","level":{_quote(record.levelname)},'
-                f'"levelno":{_value(record.levelno)},"logger":{_quote(record.name)},'
-                f'"message":{_quote(message)},"module":{_quote(record.module)},'
+        return (f'{{"time":"{self._clock(record.created)}","level":{_value(record.levelname)},'
+                f'"levelno":{_value(record.levelno)},"logger":{_value(record.name)},'
+                f'"message":{_quote(message)},"module":{_value(record.module)},'
                 f'"function":{_value(record.funcName)},"line":{_value(record.lineno)},'
-                f'"pathname":{_quote(record.pathname)},"process":{_value(record.process)},'
+                f'"pathname":{_value(record.pathname)},"process":{_value(record.process)},'
                 f'"process_name":{_value(record.processName)},'
                 f'"thread":{_value(record.thread)},'
                 f'"thread_name":{_value(record.threadName)}{self._tail}')

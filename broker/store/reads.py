@@ -36,11 +36,6 @@ def lag(conn: Connection, consumer_id: int) -> tuple[int, int, int]:
     return tuple(row)
 
 
-def messages(conn: Connection, topic_id: int, start: int, limit: int) -> list[Message]:
-    rows = conn.execute(SELECT_MESSAGES, {"topic": topic_id, "start": start, "limit": limit})
-    return list(map(Message._make, rows.all()))
-
-
 def start_offset(conn: Connection, topic_id: int, start: str | int) -> int | None:
     """Where `start` ('earliest', 'latest' or a time in microseconds) is in the topic now;
     None when the topic is gone."""
