@@ -23,7 +23,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -138,7 +138,7 @@ class JsonErrorWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads: dict[Conn, None] = {}  # gathering a head, earliest deadline first
-        self.lingering: dict[Conn, float] = {}  # refused: input dropped until this time
+        self.lingering: dict[Conn, None] = {}  # refused: input dropped until the deadline
 
     def accept(self, listener) -> None:
         if self.cfg.is_ssl:  # TLS: the bytes are only readable after a handshake
@@ -210,7 +210,8 @@ class JsonErrorWorker(ThreadWorker):
         except OSError:
             self.close_conn(conn)
             return
-        self.lingering[conn] = time.monotonic() + LINGER
+        conn.deadline = time.monotonic() + LINGER
+        self.lingering[conn] = None
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.drop_input, conn))
 
     def drop_input(self, conn: Conn, _sock: object = None) -> None:
@@ -221,21 +222,21 @@ class JsonErrorWorker(ThreadWorker):
 
     def murder_pending(self) -> None:
         """gunicorn's expiry round, plus heads past their deadline (a 408 when some bytes
-        came, else a silent close) and refused connections past their linger. A stopping
-        worker gives a head LINGER seconds at most."""
+        came, else a silent close) and refused connections past their linger. Both dicts
+        are in deadline order. A stopping worker gives a head LINGER seconds at most."""
         super().murder_pending()
         now = time.monotonic()
-        for conn in self.heads:
-            if not self.alive:
+        if not self.alive:
+            for conn in self.heads:
                 conn.deadline = min(conn.deadline, now + LINGER)
-        for conn in [c for c in self.heads if c.deadline <= now]:
+        for conn in _expired(self.heads, now):
             if conn.head:
                 self.refuse(conn, 408, TimeoutError(
                     f"the request head did not arrive within {HEAD_TIMEOUT:.0f} s"))
             else:
                 self.stop_reading(conn)
                 self.close_conn(conn)
-        for conn in [c for c, until in self.lingering.items() if until <= now]:
+        for conn in _expired(self.lingering, now):
             self.poller.unregister(conn.sock)
             del self.lingering[conn]
             self.close_conn(conn)
@@ -251,6 +252,13 @@ class JsonErrorWorker(ThreadWorker):
             util.write_nonblock(client, json_error(seen.status, seen.reason, exc))
         except Exception:  # noqa: BLE001 - as gunicorn: the client may be gone
             self.log.debug("Failed to send error message.")
+
+
+def _expired(conns: dict[Conn, None], now: float) -> Iterator[Conn]:
+    """The connections past their deadline, from the front of `conns` (kept in deadline
+    order); the caller removes each before the next."""
+    while conns and (conn := next(iter(conns))).deadline <= now:
+        yield conn
 
 
 def _receive(sock: socket.socket) -> bytes | None:
