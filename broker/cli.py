@@ -51,6 +51,42 @@ def _check_address(host: str, port: int) -> None:
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
 
 
+def _prepare_database(app: Flask, workers: int | None, threads: int, pool: int) -> int:
+    """Create the schema once and warn about the connection limit and a standby; the number
+    of workers to start."""
+    from .errors import Unavailable
+    from .models import db
+    from .store import create_schema, default_workers, max_connections
+
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    with app.app_context():
+        try:
+            create_schema(db.engine)
+        except Unavailable as exc:
+            raise click.ClickException(f"cannot use the database {displayed(url)}: {exc}") from None
+        if workers is None:
+            workers = default_workers(db.engine)
+        limit = max_connections(db.engine)
+        needed = workers * (pool + 4)  # pool, 3 overflow, LISTEN
+        if limit is not None and needed > limit:
+            click.echo(f"lq broker: warning: {workers} workers x {threads} threads may open "
+                       f"{needed} connections; the database allows {limit}", err=True)
+        warning = standby_warning(db.engine, host_count(url))
+        if warning:
+            click.echo(f"lq broker: warning: {warning}", err=True)
+        db.engine.dispose()  # no connection crosses the fork into the workers
+    return workers
+
+
+def _serve_dev(app: Flask, host: str, port: int) -> None:
+    """Flask's threaded server until Ctrl-C or SIGTERM, then the same clean stop."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    finally:
+        _close_database(app)
+
+
 def _close_database(app: Flask) -> None:
     """A clean stop's last step, once no worker runs: close the connections and, on SQLite,
     checkpoint, so the database file alone holds every message (no -wal file needed)."""
@@ -117,11 +153,8 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
     # Imported here: every `lq` command loads this module, and these take half a second.
     from .app import create_app
-    from .errors import Unavailable
     from .metrics import make_multiprocess_dir
-    from .models import db
     from .serving import long_poll_limit, serve
-    from .store import create_schema, default_workers, max_connections
 
     _check_address(host, port)
     metrics_dir = None if dev else make_multiprocess_dir()
@@ -140,22 +173,7 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
         raise click.ClickException(f"cannot use the database URL {displayed(db_url)}: {exc}"
                                    ) from None
     url = app.config["SQLALCHEMY_DATABASE_URI"]
-    with app.app_context():
-        try:
-            create_schema(db.engine)
-        except Unavailable as exc:
-            raise click.ClickException(f"cannot use the database {displayed(url)}: {exc}") from None
-        if workers is None:
-            workers = default_workers(db.engine)
-        limit = max_connections(db.engine)
-        needed = workers * (pool + 4)  # pool, 3 overflow, LISTEN
-        if limit is not None and needed > limit:
-            click.echo(f"lq broker: warning: {workers} workers x {threads} threads may open "
-                       f"{needed} connections; the database allows {limit}", err=True)
-        warning = standby_warning(db.engine, host_count(url))
-        if warning:
-            click.echo(f"lq broker: warning: {warning}", err=True)
-        db.engine.dispose()  # no connection crosses the fork into the workers
+    workers = _prepare_database(app, workers, threads, pool)
 
     mode = ("Flask development server" if dev
             else f"gunicorn, {workers} worker(s) x {threads} threads")
@@ -163,11 +181,7 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
               f"(database: {displayed(url)}; {mode}; auth: {'token' if token else 'off'})")
     if dev:
         click.echo(banner, err=True)
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        try:
-            app.run(host=host, port=port, threaded=True, use_reloader=False)
-        finally:
-            _close_database(app)
+        _serve_dev(app, host, port)
         return
 
     def on_exit() -> None:
