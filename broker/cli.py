@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import errno
 import shutil
+import signal
+import socket
 import sys
-import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy.exc import ArgumentError
 
 from .dburl import displayed, host_count, standby_warning
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 EXAMPLES = """\b
 Examples:
@@ -20,6 +24,7 @@ Examples:
   lq broker --db postgresql://postgres@127.0.0.1/logqueue --workers 4
   LQ_TOKEN=s3cret lq broker --host 0.0.0.0    # clients send 'Authorization: Bearer s3cret'
 """
+DEFAULT_THREADS = 128  # long-polls may hold three quarters (serving.py); the rest serve
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
@@ -41,17 +46,77 @@ def _topic(_ctx: click.Context, _param: click.Parameter, value: str | None) -> s
     return value
 
 
-def _prepare_multiprocess_metrics() -> str | None:
-    """Workers share metrics through files; the directory must be set before the first app
-    is created (metrics.py).
+def _check_address(host: str, port: int) -> None:
+    """One line, exit 1, when the address cannot be listened on (gunicorn would retry for
+    five seconds, logging each try). Bound as gunicorn binds: with SO_REUSEADDR."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = ("the address is already in use (another broker?)"
+                  if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
 
-    Returns the directory made here (removed at exit), or None when the caller set one.
-    """
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return None
-    path = tempfile.mkdtemp(prefix="lq-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    return path
+
+def _prepare_database(app: Flask, workers: int | None, threads: int, pool: int) -> int:
+    """Create the schema once and warn about the connection limit and a standby; the number
+    of workers to start."""
+    from .errors import Unavailable
+    from .models import db
+    from .store import create_schema, default_workers, max_connections
+
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    with app.app_context():
+        try:
+            create_schema(db.engine)
+        except Unavailable as exc:
+            raise click.ClickException(f"cannot use the database {displayed(url)}: {exc}") from None
+        if workers is None:
+            workers = default_workers(db.engine)
+        limit = max_connections(db.engine)
+        needed = workers * (pool + 4)  # pool, 3 overflow, LISTEN
+        if limit is not None and needed > limit:
+            click.echo(f"lq broker: warning: {workers} workers x {threads} threads may open "
+                       f"{needed} connections; the database allows {limit}", err=True)
+        warning = standby_warning(db.engine, host_count(url))
+        if warning:
+            click.echo(f"lq broker: warning: {warning}", err=True)
+        db.engine.dispose()  # no connection crosses the fork into the workers
+    return workers
+
+
+def _serve_dev(app: Flask, host: str, port: int) -> None:
+    """Flask's threaded server until Ctrl-C or SIGTERM, then the same clean stop."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    finally:
+        _close_database(app)
+
+
+def _close_database(app: Flask) -> None:
+    """A clean stop's last step, once no worker runs: close the connections and, on SQLite,
+    checkpoint, so the database file alone holds every message (no -wal file needed)."""
+    from .errors import Unavailable
+    from .models import db
+    from .store.dialect import dialect_for
+
+    with app.app_context():
+        try:
+            complete = dialect_for(db.engine).checkpoint(db.engine)
+        except Unavailable as exc:
+            complete, reason = False, str(exc)
+        else:
+            reason = "a reader held the write-ahead log"
+    if not complete:
+        click.echo(f"lq broker: warning: the database was not checkpointed: {reason}", err=True)
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @click.command("broker", epilog=EXAMPLES)
@@ -66,8 +131,10 @@ def _prepare_multiprocess_metrics() -> str | None:
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
               help="gunicorn worker processes. Default: 1 on SQLite (one writer per file), "
                    "2 on PostgreSQL.")
-@click.option("--threads", default=32, show_default=True, type=click.IntRange(1, 512),
-              help="Threads per worker; each long-poll holds one.")
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True,
+              type=click.IntRange(1, 512),
+              help="Threads per worker. Long-polls hold at most three quarters of them; "
+                   "one past that answers at once, empty.")
 @click.option("--token", envvar="LQ_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' on every request but /healthz "
                    "(env LQ_TOKEN).")
@@ -99,14 +166,15 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
     # Imported here: every `lq` command loads this module, and these take half a second.
     from .app import create_app
-    from .errors import Unavailable
-    from .models import db
-    from .serving import serve
-    from .store import create_schema, default_workers, max_connections
+    from .metrics import make_multiprocess_dir
+    from .serving import long_poll_limit, serve
 
-    metrics_dir = None if dev else _prepare_multiprocess_metrics()
+    _check_address(host, port)
+    metrics_dir = None if dev else make_multiprocess_dir()
+    # A waiting long-poll holds no connection: the pool is sized for the other threads.
+    pool = threads - long_poll_limit(threads) + 2
     config: dict[str, Any] = {"LQ_DATABASE_URL": db_url, "LQ_TOKEN": token,
-                              "LQ_POOL_SIZE": threads + 2, "LQ_RETENTION_MS": retention,
+                              "LQ_POOL_SIZE": pool, "LQ_RETENTION_MS": retention,
                               "LQ_PRUNE_INTERVAL": prune_interval,
                               "LQ_CONSUMER_TTL_MS": consumer_ttl,
                               "LQ_RECHECK_INTERVAL": recheck_interval,
@@ -119,22 +187,7 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
         raise click.ClickException(f"cannot use the database URL {displayed(db_url)}: {exc}"
                                    ) from None
     url = app.config["SQLALCHEMY_DATABASE_URI"]
-    with app.app_context():
-        try:
-            create_schema(db.engine)
-        except Unavailable as exc:
-            raise click.ClickException(f"cannot use the database {displayed(url)}: {exc}") from None
-        if workers is None:
-            workers = default_workers(db.engine)
-        limit = max_connections(db.engine)
-        needed = workers * (threads + 6)  # pool (threads + 2 + 3 overflow) + LISTEN
-        if limit is not None and needed > limit:
-            click.echo(f"lq broker: warning: {workers} workers x {threads} threads may open "
-                       f"{needed} connections; the database allows {limit}", err=True)
-        warning = standby_warning(db.engine, host_count(url))
-        if warning:
-            click.echo(f"lq broker: warning: {warning}", err=True)
-        db.engine.dispose()  # no connection crosses the fork into the workers
+    workers = _prepare_database(app, workers, threads, pool)
 
     mode = ("Flask development server" if dev
             else f"gunicorn, {workers} worker(s) x {threads} threads")
@@ -142,10 +195,11 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
               f"(database: {displayed(url)}; {mode}; auth: {'token' if token else 'off'})")
     if dev:
         click.echo(banner, err=True)
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        _serve_dev(app, host, port)
         return
 
     def on_exit() -> None:
+        _close_database(app)
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 

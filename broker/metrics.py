@@ -5,11 +5,16 @@ rule), registered in no global registry. Traffic counters live in the process th
 the request; under gunicorn they are summed across workers from `PROMETHEUS_MULTIPROC_DIR`,
 which `lq broker` sets before it creates the app. Topic sizes, lags and database health are
 read from the database at scrape time, so every worker answers the same.
+
+`lq broker` makes that directory, named for its pid, and removes it when it stops; one
+left by a broker killed with -9 is removed by the next broker that starts on the host.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +27,7 @@ from .store import get_store
 
 EXTENSION = "logqueue.metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DIR_PREFIX = "lq-metrics-"  # then the owning broker's pid, "-", and a random part
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 
 
@@ -156,3 +162,41 @@ def worker_exited(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+def make_multiprocess_dir() -> str | None:
+    """Set PROMETHEUS_MULTIPROC_DIR (before the first app is created) to a new directory, after
+    removing those of brokers that no longer run. Returns it (the caller removes it when it
+    stops), or None when the environment already names one."""
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    remove_orphaned_dirs(tempfile.gettempdir())
+    path = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+def remove_orphaned_dirs(parent: str) -> list[str]:
+    """Remove this user's metrics directories under `parent` whose broker process is gone;
+    the paths removed. A directory without a pid in its name is left alone."""
+    removed = []
+    for entry in os.scandir(parent):
+        pid, dash, _ = entry.name.removeprefix(DIR_PREFIX).partition("-")
+        if not (entry.name.startswith(DIR_PREFIX) and dash and pid.isdigit() and int(pid) > 0):
+            continue
+        if (entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+                and not _running(int(pid))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -9,6 +9,8 @@ never comes (an append made by another process) costs at most that second.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class _Topic:
@@ -24,6 +26,8 @@ class Wakeups:
         self._topics: dict[int, _Topic] = {}
         self._lock = threading.Lock()
         self.closed = False
+        self.max_waiters: int | None = None  # the server's cap on held long-polls, if any
+        self._waiters = 0
 
     def close(self) -> None:
         """The process is stopping: every waiter returns now, and no new wait blocks."""
@@ -53,3 +57,21 @@ class Wakeups:
         with topic.cond:
             return topic.cond.wait_for(
                 lambda: topic.version != seen_version or self.closed, timeout)
+
+    @contextmanager
+    def slot(self, wait: float) -> Iterator[float]:
+        """How long a long-poll may wait: `wait`, or 0 (an answer at once, as if its wait had
+        run out) while `max_waiters` others hold threads, so other requests find one."""
+        if wait <= 0 or self.max_waiters is None:
+            yield wait
+            return
+        with self._lock:
+            admitted = self._waiters < self.max_waiters
+            if admitted:
+                self._waiters += 1
+        try:
+            yield wait if admitted else 0.0
+        finally:
+            if admitted:
+                with self._lock:
+                    self._waiters -= 1

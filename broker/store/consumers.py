@@ -152,6 +152,12 @@ class Consumers:
 
     def _wait_for(self, topic_id: int, consumer_id: int, wait: float,
                   attempt: Callable[[], Batch]) -> Batch:
+        """`_poll`, holding a long-poll slot (wakeups.py) for the wait, or not waiting."""
+        with self.wakeups.slot(wait) as allowed:
+            return self._poll(topic_id, consumer_id, allowed, attempt)
+
+    def _poll(self, topic_id: int, consumer_id: int, wait: float,
+              attempt: Callable[[], Batch]) -> Batch:
         """`attempt()` until it finds messages or `wait` seconds pass. Between attempts, wait
         for a wake-up, or at most the re-check interval."""
         deadline = time.monotonic() + wait

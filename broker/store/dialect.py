@@ -80,6 +80,12 @@ class Dialect:
         consumer's position and move it past them."""
         raise NotImplementedError
 
+    def checkpoint(self, engine: Engine) -> bool:
+        """A clean stop: close the engine's connections and leave the database whole without
+        any side file. False when that could not be finished."""
+        engine.dispose()
+        return True
+
 
 class SqliteDialect(Dialect):
     name = "sqlite"
@@ -105,6 +111,19 @@ class SqliteDialect(Dialect):
         def _on_begin(conn: Connection) -> None:
             write = conn.get_execution_options().get("lq_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def checkpoint(self, engine: Engine) -> bool:
+        """Fold the write-ahead log into the database file and empty it, so a copy of the
+        `.db` file alone holds every message. Complete only when no other connection reads."""
+        engine.dispose()
+        with translate_errors(self):
+            raw = engine.raw_connection()  # autocommit (see configure): no BEGIN around it
+            try:
+                busy = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                raw.close()
+        engine.dispose()
+        return not busy
 
     def write_lock(self) -> threading.Lock:
         # One writer per file: queue writers here rather than in SQLite's busy handler.
