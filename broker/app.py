@@ -6,7 +6,6 @@ serves (after gunicorn forks).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from collections.abc import Mapping
@@ -16,9 +15,9 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import dburl, metrics, retention, store
+from . import auth, dburl, metrics, retention, store
 from .api import bp, failure
-from .errors import BrokerError, TooLarge, Unauthorized
+from .errors import BrokerError, TooLarge
 from .web import is_public, web
 
 log = logging.getLogger("broker")
@@ -37,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
 }
 ENVIRONMENT = ("LQ_DATABASE_URL", "LQ_TOKEN", "LQ_RECHECK_INTERVAL")
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "too_large"}
 
 
@@ -81,7 +80,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(web)
     metrics.init_app(app)
-    _register_auth(app)
+    auth.init_app(app, is_public)
     _register_limits(app)
     _register_error_handlers(app)
     return app
@@ -94,21 +93,6 @@ def _register_limits(app: Flask) -> None:
     def limit_query_string() -> None:
         if len(request.query_string) > limit:
             raise TooLarge(f"the query string is over the limit of {limit} bytes")
-
-
-def _register_auth(app: Flask) -> None:
-    token = app.config["LQ_TOKEN"]
-    if not token:
-        return
-    expected = f"Bearer {token}".encode()
-
-    @app.before_request
-    def require_token() -> None:
-        if request.path.rstrip("/") == "/healthz" or is_public(request.path):
-            return
-        given = request.headers.get("Authorization", "").strip().encode()
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
 
 def _register_error_handlers(app: Flask) -> None:
