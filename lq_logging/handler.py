@@ -89,6 +89,7 @@ from lq_logging.record import (
 from lq_logging.sinks import parse_bool
 from lq_logging.spool import Spool, SpoolBatch, adopt_orphans
 from sdk import BadRequest, Client, LogQueueError, NotRegistered, Producer, TooLarge, UnknownId
+from sdk.transport import parse_verify
 
 OVERFLOW_POLICIES = ("spool", "drop", "block")
 TOPIC_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -231,6 +232,8 @@ class LogQueueHandler(logging.Handler):
         url: the broker url, a list of urls (failover in order) or a comma-separated string.
         topic: the topic (created by the broker on first use).
         token: the broker's token, if it requires one.
+        verify: for ``https://`` urls, the CA file that signs the broker's certificate
+            (``False`` or ``"false"``: no check; default: the system's CAs).
         batch_size: most records per request (<= 10,000).
         flush_interval: seconds; the sender wakes at least this often, and retries a down
             broker at most ``4 x flush_interval`` apart (and at most 2 s).
@@ -258,7 +261,7 @@ class LogQueueHandler(logging.Handler):
                  fields: Mapping[str, Any] | None = None, level: int | str = logging.NOTSET,
                  max_record_bytes: int = DEFAULT_MAX_BYTES,
                  spool_max_bytes: int = 256 * 1024 * 1024,
-                 spool_fsync: bool | str = True) -> None:
+                 spool_fsync: bool | str = True, verify: bool | str = True) -> None:
         super().__init__(level)
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
@@ -275,6 +278,7 @@ class LogQueueHandler(logging.Handler):
             raise ValueError("at least one broker url is required")
         self.topic = topic
         self.token = token
+        self.verify = parse_verify(verify)
         self.batch_size = int(batch_size)
         self.flush_interval = float(flush_interval)
         self.queue_size = int(queue_size)
@@ -688,7 +692,8 @@ class LogQueueHandler(logging.Handler):
 
     def _producer_for(self) -> Producer:
         if self._producer is None:
-            self._client = Client(self.urls, token=self.token, retries=len(self.urls) - 1,
+            self._client = Client(self.urls, token=self.token, verify=self.verify,
+                                  retries=len(self.urls) - 1,
                                   connect_timeout=min(3.05, self.timeout),
                                   read_timeout=max(self.timeout, 1.0), backoff=0.05,
                                   backoff_max=0.5)
