@@ -19,6 +19,7 @@ Examples:
   lq broker --port 8080 --db /var/lib/lq.db   # another SQLite file
   lq broker --db postgresql://postgres@127.0.0.1/logqueue --workers 4
   LQ_TOKEN=s3cret lq broker --host 0.0.0.0    # clients send 'Authorization: Bearer s3cret'
+  lq broker --certfile cert.pem --keyfile key.pem   # HTTPS: clients pass --cacert
 """
 
 
@@ -78,12 +79,21 @@ def _prepare_multiprocess_metrics() -> str | None:
               show_default=True, type=click.IntRange(64, 16 * 1024 * 1024),
               help="Largest message accepted, in UTF-8 bytes; larger ones are refused with 413 "
                    "too_large (env LQ_MAX_MESSAGE_BYTES).")
+@click.option("--certfile", envvar="LQ_CERTFILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this PEM certificate (chain); needs --keyfile "
+                   "(env LQ_CERTFILE).")
+@click.option("--keyfile", envvar="LQ_KEYFILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's PEM private key (env LQ_KEYFILE).")
 @click.option("--dev", is_flag=True, help="Serve with Flask's threaded development server.")
 def broker_command(host: str, port: int, db_url: str | None, workers: int | None, threads: int,
                    token: str | None, retention: int | None, consumer_ttl: int | None,
                    prune_interval: float, recheck_interval: float, max_message_bytes: int,
-                   dev: bool) -> None:
+                   certfile: str | None, keyfile: str | None, dev: bool) -> None:
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
+    if bool(certfile) != bool(keyfile):
+        raise click.UsageError("--certfile and --keyfile go together (HTTPS needs both)")
     # Imported here: every `lq` command loads this module, and these take half a second.
     from .app import create_app
     from .errors import Unavailable
@@ -124,11 +134,15 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
 
     mode = ("Flask development server" if dev
             else f"gunicorn, {workers} worker(s) x {threads} threads")
-    banner = (f"LogQueue broker listening on http://{host}:{port} "
-              f"(database: {displayed(url)}; {mode}; auth: {'token' if token else 'off'})")
+    scheme = "https" if certfile else "http"
+    auth = ("LQ_TOKEN and stored tokens" if token
+            else "stored tokens (off while there are none)")
+    banner = (f"LogQueue broker listening on {scheme}://{host}:{port} "
+              f"(database: {displayed(url)}; {mode}; auth: {auth})")
     if dev:
         click.echo(banner, err=True)
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        app.run(host=host, port=port, threaded=True, use_reloader=False,
+                ssl_context=(certfile, keyfile) if certfile else None)
         return
 
     def on_exit() -> None:
@@ -136,7 +150,8 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     serve(config, host=host, port=port, workers=workers, threads=threads,
-          on_ready=lambda: click.echo(banner, err=True), on_exit=on_exit)
+          on_ready=lambda: click.echo(banner, err=True), on_exit=on_exit,
+          certfile=certfile, keyfile=keyfile)
 
 
 if __name__ == "__main__":
