@@ -23,6 +23,10 @@ Examples:
 """
 
 
+#: The banner's auth, by whether LQ_TOKEN is set (stored tokens turn auth on when there are any).
+AUTH_MODES = {True: "LQ_TOKEN + stored tokens", False: "stored tokens, if any"}
+
+
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
     from .retention import parse_duration_ms  # see broker_command on imports here
 
@@ -43,6 +47,13 @@ def _prepare_multiprocess_metrics() -> str | None:
     path = tempfile.mkdtemp(prefix="lq-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
+
+
+def _tls(certfile: str | None, keyfile: str | None) -> tuple[str, str] | None:
+    """(certfile, keyfile) to serve HTTPS; None for plain HTTP."""
+    if bool(certfile) != bool(keyfile):
+        raise click.UsageError("--certfile and --keyfile go together (HTTPS needs both)")
+    return (certfile, keyfile) if certfile and keyfile else None
 
 
 @click.command("broker", epilog=EXAMPLES)
@@ -92,8 +103,7 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
                    prune_interval: float, recheck_interval: float, max_message_bytes: int,
                    certfile: str | None, keyfile: str | None, dev: bool) -> None:
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
-    if bool(certfile) != bool(keyfile):
-        raise click.UsageError("--certfile and --keyfile go together (HTTPS needs both)")
+    tls = _tls(certfile, keyfile)
     # Imported here: every `lq` command loads this module, and these take half a second.
     from .app import create_app
     from .errors import Unavailable
@@ -134,15 +144,12 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
 
     mode = ("Flask development server" if dev
             else f"gunicorn, {workers} worker(s) x {threads} threads")
-    scheme = "https" if certfile else "http"
-    auth = ("LQ_TOKEN and stored tokens" if token
-            else "stored tokens (off while there are none)")
-    banner = (f"LogQueue broker listening on {scheme}://{host}:{port} "
-              f"(database: {displayed(url)}; {mode}; auth: {auth})")
+    banner = (f"LogQueue broker listening on {'https' if tls else 'http'}://{host}:{port} "
+              f"(database: {displayed(url)}; {mode}; auth: {AUTH_MODES[bool(token)]})")
     if dev:
         click.echo(banner, err=True)
         app.run(host=host, port=port, threaded=True, use_reloader=False,
-                ssl_context=(certfile, keyfile) if certfile else None)
+                ssl_context=tls)
         return
 
     def on_exit() -> None:
@@ -150,8 +157,7 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     serve(config, host=host, port=port, workers=workers, threads=threads,
-          on_ready=lambda: click.echo(banner, err=True), on_exit=on_exit,
-          certfile=certfile, keyfile=keyfile)
+          on_ready=lambda: click.echo(banner, err=True), on_exit=on_exit, tls=tls)
 
 
 if __name__ == "__main__":

@@ -115,8 +115,8 @@ def _end_long_polls_on_stop(worker) -> None:
 
 def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, threads: int,
           on_ready: Callable[[], None], on_exit: Callable[[], None],
-          certfile: str | None = None, keyfile: str | None = None) -> None:
-    """Serve until stopped; with `certfile` and `keyfile`, HTTPS only (gunicorn's own TLS)."""
+          tls: tuple[str, str] | None = None) -> None:
+    """Serve until stopped; with `tls` (certfile, keyfile), HTTPS only (gunicorn's own TLS)."""
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -137,6 +137,6 @@ def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, thr
         "on_exit": lambda _arbiter: on_exit(),
         "post_worker_init": _end_long_polls_on_stop,
     }
-    if certfile and keyfile:
-        options.update(certfile=certfile, keyfile=keyfile)
+    if tls:
+        options.update(certfile=tls[0], keyfile=tls[1])
     BrokerServer(app_config, options).run()
