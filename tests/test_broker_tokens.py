@@ -5,6 +5,7 @@ PostgreSQL; the two-broker revocation on PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from lqhttp import Api, unique_topic
+from runner_helpers import make_record, read_jsonl, run_once
 from support import LQ, BrokerProcess, clean_env, wait_until
 
 ADMIN = "bootstrap-Adm1n-token"
@@ -245,3 +247,24 @@ def test_lq_tokens_create_list_revoke(secured: BrokerProcess) -> None:
     assert revoke.returncode == 0, revoke.stderr
     gone = lq(secured.url, token, "topics")
     assert gone.returncode == 1 and "refused the token" in gone.stderr, gone.stderr
+
+
+def test_the_runner_drains_with_a_consume_only_token(secured: BrokerProcess,
+                                                     tmp_path: Path) -> None:
+    """It may not create the topic (403): it goes on and reads it; producing needs no admin."""
+    prefix = unique_topic("run")
+    topic = f"{prefix}-x"
+    producer = new_token(secured.url, produce=[f"{prefix}-*"])["token"]
+    reader = new_token(secured.url, consume=[f"{prefix}-*"])["token"]
+    records = [make_record(i) for i in range(30)]
+    with Api(secured.url, producer) as api:
+        pid = api.producer(topic)
+        api.produce(topic, pid, messages=[json.dumps(r) for r in records])
+    out = tmp_path / "out.jsonl"
+    run = run_once(["--url", secured.url, "--topic", topic, "--sink", f"file:{out}",
+                    "--name", "archiver", "--until-empty"], tmp_path, env={"LQ_TOKEN": reader})
+    assert run.returncode == 0, run.stderr
+    assert [r["message"] for r in read_jsonl(out)] == [r["message"] for r in records]
+    refused = run_once(["--url", secured.url, "--topic", unique_topic("elsewhere"), "--sink",
+                        "stdout", "--until-empty"], tmp_path, env={"LQ_TOKEN": reader})
+    assert refused.returncode == 1 and "refused the token" in refused.stderr, refused.stderr
