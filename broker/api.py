@@ -5,11 +5,14 @@ declaration routes it, validates its input and describes it in /openapi.json, so
 cannot drift from the code. A view takes the parsed request, calls one store method and
 returns a reply model: no SQL, no transactions. Parameters come from the query string, a form
 body or a JSON body (whatever the method and Content-Type say), merged in that order.
+Its `scope=` (produce, consume or admin) is the verb a token must hold for the request's topic
+(auth.py), checked before the view does any work.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -20,9 +23,9 @@ from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from . import metrics, wire
+from . import auth, metrics, wire
 from . import schemas as s
-from .errors import BadRequest, BrokerError, QueueEmpty, TooLarge, UnsupportedEncoding
+from .errors import BadRequest, QueueEmpty, TooLarge, UnsupportedEncoding
 from .store import AppendRequest, Message, Store, get_store, iso_time
 
 bp = Blueprint("api", __name__)
@@ -39,25 +42,34 @@ class Endpoint:
     replies: tuple[type[s.Reply], ...]
     summary: str
     compress: bool = False  # replies compressed when the client accepts it (wire.py)
+    scope: str | None = None  # auth.VERBS; None: any valid token
 
 
 ENDPOINTS: list[Endpoint] = []
 
 
 def endpoint(method: str, path: str, request_model: type[s.Request] | None,
-             *replies: type[s.Reply], compress: bool = False) -> Callable:
-    """Route `view`, parse its request model, serialize the reply model it returns
-    (`compress`: compressed when the client sends Accept-Encoding)."""
+             *replies: type[s.Reply], scope: str | None = None,
+             compress: bool = False) -> Callable:
+    """Route `view`, check its `scope`, parse its request model, serialize the reply model it
+    returns (`compress`: compressed when the client sends Accept-Encoding)."""
+    assert scope is None or scope in auth.VERBS, scope
 
     def decorate(view: Callable[..., s.Reply]) -> Callable[..., s.Reply]:
         def handle() -> Response:
-            reply = view(parse(request_model)) if request_model else view()
+            if scope is None:
+                reply = view(parse(request_model)) if request_model else view()
+            else:
+                auth.require(scope)  # a token without the verb is refused before parsing
+                req = parse(request_model) if request_model else None
+                auth.require(scope, getattr(req, "topic", None))
+                reply = view(req) if request_model else view()
             body = reply.model_dump_json(exclude_none=True)
             return encoded_reply(body) if compress else Response(body, mimetype="application/json")
 
         bp.add_url_rule(path, view.__name__, handle, methods=[method], strict_slashes=False)
         ENDPOINTS.append(Endpoint(method, path, request_model, replies,
-                                  (view.__doc__ or "").strip(), compress))
+                                  (view.__doc__ or "").strip(), compress=compress, scope=scope))
         return view
 
     return decorate
@@ -68,23 +80,20 @@ def _store() -> Store:
 
 
 def _read_body() -> dict[str, Any] | bytes | bytearray:
-    """The form fields or the raw body, inflated from its Content-Encoding. The server's body
-    reader can fail on bad chunked encoding or a client that stops mid-body: that is the
-    client's fault, a 400."""
+    """The form fields or the raw body, inflated from its Content-Encoding (wire.py)."""
     encoding = request.headers.get("Content-Encoding", "")
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     multipart = request.mimetype == "multipart/form-data"
     if multipart and encoding.strip().lower() not in ("", "identity"):
         raise UnsupportedEncoding("a multipart body cannot be compressed; send JSON")
-    try:
-        if multipart:
+    if multipart:
+        try:
             return request.form.to_dict()
-        data = wire.read_stream(request.stream, limit)  # 413 past MAX_CONTENT_LENGTH
-    except (HTTPException, BrokerError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
-        raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
-    return wire.inflate(data, encoding, limit)
+        except HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
+            raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
+    return wire.read_body(request.stream, encoding, limit)
 
 
 def _fields(raw: bytes | bytearray) -> dict[str, str]:
@@ -189,28 +198,28 @@ def _messages(found: list[Message]) -> list[dict[str, Any]]:
 
 
 # --- topics ----------------------------------------------------------------------------------
-@endpoint("POST", "/topics", s.CreateTopic, s.TopicCreated)
+@endpoint("POST", "/topics", s.CreateTopic, s.TopicCreated, scope="admin")
 def create_topic(req: s.CreateTopic) -> s.TopicCreated:
     """Create a topic (`topic_name`), optionally with its retention."""
     _store().topics.create(req.topic, req.retention_ms, req.retention_messages)
     return s.TopicCreated(message=f"Topic '{req.topic}' created successfully")
 
 
-@endpoint("PATCH", "/topics", s.SetRetention, s.Done)
+@endpoint("PATCH", "/topics", s.SetRetention, s.Done, scope="admin")
 def set_retention(req: s.SetRetention) -> s.Done:
     """Change a topic's retention (`retention_ms`, `retention_messages`; 0 = no limit)."""
     _store().topics.set_retention(req.topic, req.retention_ms, req.retention_messages)
     return s.Done(message=f"Retention of topic '{req.topic}' updated")
 
 
-@endpoint("DELETE", "/topics", s.TopicRef, s.Done)
+@endpoint("DELETE", "/topics", s.TopicRef, s.Done, scope="admin")
 def delete_topic(req: s.TopicRef) -> s.Done:
     """Delete a topic: its messages, registrations and counters. The name can be reused."""
     _store().topics.delete(req.topic)
     return s.Done(message=f"Topic '{req.topic}' deleted")
 
 
-@endpoint("GET", "/topics/describe", s.TopicRef, s.TopicDescription)
+@endpoint("GET", "/topics/describe", s.TopicRef, s.TopicDescription, scope="consume")
 def describe_topic(req: s.TopicRef) -> s.TopicDescription:
     """A topic's offsets, retention, producers and consumers (names and lags, no ids)."""
     info = _store().topics.describe(req.topic)
@@ -225,18 +234,18 @@ def describe_topic(req: s.TopicRef) -> s.TopicDescription:
 
 @endpoint("GET", "/topics", None, s.TopicList)
 def list_topics() -> s.TopicList:
-    """List the topics' names."""
-    return s.TopicList(topics=_store().topics.names())
+    """List the names of the topics the token may read."""
+    return s.TopicList(topics=[t for t in _store().topics.names() if auth.readable(t)])
 
 
 # --- producers -------------------------------------------------------------------------------
-@endpoint("POST", "/producer/register", s.RegisterProducer, s.ProducerRegistered)
+@endpoint("POST", "/producer/register", s.RegisterProducer, s.ProducerRegistered, scope="produce")
 def register_producer(req: s.RegisterProducer) -> s.ProducerRegistered:
     """Register a producer for a topic, creating the topic if it is missing."""
     return s.ProducerRegistered(producer_id=_store().producers.register(req.topic))
 
 
-@endpoint("POST", "/producer/unregister", s.ProducerRef, s.Done)
+@endpoint("POST", "/producer/unregister", s.ProducerRef, s.Done, scope="produce")
 def unregister_producer(req: s.ProducerRef) -> s.Done:
     """Remove a producer's registration for a topic."""
     _store().producers.unregister(req.topic, req.producer_id)
@@ -260,7 +269,7 @@ def _check_batch(bodies: list[str]) -> int:
     return total
 
 
-@endpoint("POST", "/producer/produce", s.Produce, s.Produced)
+@endpoint("POST", "/producer/produce", s.Produce, s.Produced, scope="produce")
 def produce(req: s.Produce) -> s.Produced:
     """Append `message`, or the batch `messages` atomically; `seq` makes a retry safe."""
     if (req.message is None) == (req.messages is None):
@@ -281,14 +290,14 @@ def produce(req: s.Produce) -> s.Produced:
 
 
 # --- consumers -------------------------------------------------------------------------------
-@endpoint("POST", "/consumer/register", s.RegisterConsumer, s.ConsumerRegistered)
+@endpoint("POST", "/consumer/register", s.RegisterConsumer, s.ConsumerRegistered, scope="consume")
 def register_consumer(req: s.RegisterConsumer) -> s.ConsumerRegistered:
     """Register a consumer for an existing topic; a `consumer_name` makes it resumable."""
     consumer_id = _store().consumers.register(req.topic, req.consumer_name, req.start)
     return s.ConsumerRegistered(consumer_id=consumer_id)
 
 
-@endpoint("POST", "/consumer/unregister", s.ConsumerRef, s.Done)
+@endpoint("POST", "/consumer/unregister", s.ConsumerRef, s.Done, scope="consume")
 def unregister_consumer(req: s.ConsumerRef) -> s.Done:
     """Remove a consumer's registration (and its position) for a topic."""
     _store().consumers.unregister(req.topic, req.consumer_id)
@@ -296,7 +305,7 @@ def unregister_consumer(req: s.ConsumerRef) -> s.Done:
 
 
 @endpoint("GET", "/consumer/consume", s.Consume, s.ClassicMessage, s.MessageBatch,
-          compress=True)
+          scope="consume", compress=True)
 def consume(req: s.Consume) -> s.ClassicMessage | s.MessageBatch:
     """Take the next message (classic), or with `max`/`wait_ms` a batch, long-polling."""
     if req.max is None and req.wait_ms is None:
@@ -315,7 +324,7 @@ def consume(req: s.Consume) -> s.ClassicMessage | s.MessageBatch:
     return s.MessageBatch(messages=_messages(batch.messages), skipped=batch.skipped or None)
 
 
-@endpoint("GET", "/consumer/fetch", s.Fetch, s.FetchedBatch, compress=True)
+@endpoint("GET", "/consumer/fetch", s.Fetch, s.FetchedBatch, scope="consume", compress=True)
 def fetch(req: s.Fetch) -> s.FetchedBatch:
     """Read a batch from `offset` (default: the position) without moving the position."""
     wait = (req.wait_ms or 0) / 1000
@@ -327,13 +336,13 @@ def fetch(req: s.Fetch) -> s.FetchedBatch:
                           skipped=batch.skipped or None)
 
 
-@endpoint("POST", "/consumer/commit", s.Commit, s.Position)
+@endpoint("POST", "/consumer/commit", s.Commit, s.Position, scope="consume")
 def commit(req: s.Commit) -> s.Position:
     """Move the position forward to `offset`, the next message to read."""
     return s.Position(position=_store().consumers.commit(req.topic, req.consumer_id, req.offset))
 
 
-@endpoint("GET", "/size", s.ConsumerRef, s.Size)
+@endpoint("GET", "/size", s.ConsumerRef, s.Size, scope="consume")
 def size(req: s.ConsumerRef) -> s.Size:
     """How many messages wait at or after the consumer's position."""
     return s.Size(size=_store().consumers.size(req.topic, req.consumer_id))
@@ -342,11 +351,11 @@ def size(req: s.ConsumerRef) -> s.Size:
 # --- operations ------------------------------------------------------------------------------
 @endpoint("GET", "/stats", None, s.Stats)
 def stats() -> s.Stats:
-    """Per topic: messages, offsets, consumers and the largest lag (no ids)."""
+    """Per topic the token may read: messages, offsets, consumers, the largest lag (no ids)."""
     return s.Stats(topics=[
         s.TopicStatsOut(topic=t.topic, messages=t.messages, first_offset=t.first_offset,
                         next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag)
-        for t in _store().topics.stats()])
+        for t in _store().topics.stats() if auth.readable(t.topic)])
 
 
 @endpoint("GET", "/healthz", None, s.Health)
@@ -362,6 +371,41 @@ def status() -> s.Status:
     store = _store()
     store.ping()
     return s.Status(database=store.dialect, version=broker_version())
+
+
+# --- tokens ----------------------------------------------------------------------------------
+@endpoint("POST", "/tokens", s.CreateToken, s.TokenCreated, scope="admin")
+def create_token(req: s.CreateToken) -> s.TokenCreated:
+    """Create a token with topic globs per verb; the reply is the only time it is shown."""
+    if not (req.produce or req.consume or req.admin):
+        raise BadRequest("a token needs 'produce' or 'consume' globs, or 'admin'")
+    if not req.admin and auth.get_auth(current_app).is_off():
+        raise BadRequest("the first token must be an admin token (or start the broker with "
+                         "LQ_TOKEN): this one turns auth on, and no one could manage tokens")
+    name = req.name or f"token-{secrets.token_hex(4)}"
+    token, digest = auth.new_token()
+    _store().tokens.create(name, digest, tuple(req.produce), tuple(req.consume), req.admin)
+    auth.get_auth(current_app).forget()
+    return s.TokenCreated(name=name, token=token, produce=req.produce, consume=req.consume,
+                          admin=req.admin)
+
+
+@endpoint("GET", "/tokens", None, s.TokenList, scope="admin")
+def list_tokens() -> s.TokenList:
+    """Every token's name, scopes, creation and last use (never the token)."""
+    return s.TokenList(tokens=[
+        s.TokenOut(name=t.name, produce=list(t.produce), consume=list(t.consume), admin=t.admin,
+                   created=iso_time(t.created_us),
+                   last_used=iso_time(t.used_us) if t.used_us else None)
+        for t in _store().tokens.all()])
+
+
+@endpoint("DELETE", "/tokens", s.TokenRef, s.Done, scope="admin")
+def revoke_token(req: s.TokenRef) -> s.Done:
+    """Revoke a token: every broker on the database refuses it within a second."""
+    _store().tokens.revoke(req.name)
+    auth.get_auth(current_app).forget()
+    return s.Done(message=f"Token '{req.name}' revoked")
 
 
 @bp.get("/openapi.json", strict_slashes=False)

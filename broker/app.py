@@ -6,7 +6,6 @@ serves (after gunicorn forks).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from collections.abc import Mapping
@@ -17,9 +16,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from . import dburl, metrics, otlp, retention, store
+from . import auth, dburl, metrics, otlp, retention, store
 from .api import bp, failure
-from .errors import BrokerError, TooLarge, Unauthorized
+from .errors import BrokerError, TooLarge
 from .web import is_public, web
 
 log = logging.getLogger("broker")
@@ -38,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
 }
 ENVIRONMENT = ("LQ_DATABASE_URL", "LQ_TOKEN", "LQ_RECHECK_INTERVAL")
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "too_large"}
 
 
@@ -83,7 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(web)
     otlp.init_app(app)
     metrics.init_app(app)
-    _register_auth(app)
+    auth.init_app(app, is_public)
     _register_limits(app)
     _register_redirects(app)
     _register_error_handlers(app)
@@ -111,21 +110,6 @@ def _register_redirects(app: Flask) -> None:
         response = failure(308, "moved", f"this resource is at {redirect.new_url}")
         response.headers["Location"] = redirect.new_url
         return response
-
-
-def _register_auth(app: Flask) -> None:
-    token = app.config["LQ_TOKEN"]
-    if not token:
-        return
-    expected = f"Bearer {token}".encode()
-
-    @app.before_request
-    def require_token() -> None:
-        if request.path.rstrip("/") == "/healthz" or is_public(request.path):
-            return
-        given = request.headers.get("Authorization", "").strip().encode()
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
 
 def _register_error_handlers(app: Flask) -> None:

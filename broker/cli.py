@@ -23,8 +23,13 @@ Examples:
   lq broker --port 8080 --db /var/lib/lq.db   # another SQLite file
   lq broker --db postgresql://postgres@127.0.0.1/logqueue --workers 4
   LQ_TOKEN=s3cret lq broker --host 0.0.0.0    # clients send 'Authorization: Bearer s3cret'
+  lq broker --certfile cert.pem --keyfile key.pem   # HTTPS: clients pass --cacert
 """
 DEFAULT_THREADS = 128  # long-polls may hold three quarters (serving.py); the rest serve
+
+
+#: The banner's auth, by whether LQ_TOKEN is set (stored tokens turn auth on when there are any).
+AUTH_MODES = {True: "LQ_TOKEN + stored tokens", False: "stored tokens, if any"}
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
@@ -88,11 +93,11 @@ def _prepare_database(app: Flask, workers: int | None, threads: int, pool: int) 
     return workers
 
 
-def _serve_dev(app: Flask, host: str, port: int) -> None:
+def _serve_dev(app: Flask, host: str, port: int, tls: tuple[str, str] | None) -> None:
     """Flask's threaded server until Ctrl-C or SIGTERM, then the same clean stop."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        app.run(host=host, port=port, threaded=True, use_reloader=False, ssl_context=tls)
     finally:
         _close_database(app)
 
@@ -117,6 +122,13 @@ def _close_database(app: Flask) -> None:
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
+
+
+def _tls(certfile: str | None, keyfile: str | None) -> tuple[str, str] | None:
+    """(certfile, keyfile) to serve HTTPS; None for plain HTTP."""
+    if bool(certfile) != bool(keyfile):
+        raise click.UsageError("--certfile and --keyfile go together (HTTPS needs both)")
+    return (certfile, keyfile) if certfile and keyfile else None
 
 
 @click.command("broker", epilog=EXAMPLES)
@@ -158,12 +170,21 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
 @click.option("--otlp-topic", envvar="LQ_OTLP_TOPIC", default=None, callback=_topic,
               help="Put every OpenTelemetry log record sent to /v1/logs in this topic (env "
                    "LQ_OTLP_TOPIC). Default: the topic named by the record's service.name.")
+@click.option("--certfile", envvar="LQ_CERTFILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this PEM certificate (chain); needs --keyfile "
+                   "(env LQ_CERTFILE).")
+@click.option("--keyfile", envvar="LQ_KEYFILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's PEM private key (env LQ_KEYFILE).")
 @click.option("--dev", is_flag=True, help="Serve with Flask's threaded development server.")
 def broker_command(host: str, port: int, db_url: str | None, workers: int | None, threads: int,
                    token: str | None, retention: int | None, consumer_ttl: int | None,
                    prune_interval: float, recheck_interval: float, max_message_bytes: int,
-                   otlp_topic: str | None, dev: bool) -> None:
+                   otlp_topic: str | None, certfile: str | None, keyfile: str | None,
+                   dev: bool) -> None:
     """Run the LogQueue broker: the HTTP queue API over SQLite or PostgreSQL."""
+    tls = _tls(certfile, keyfile)
     # Imported here: every `lq` command loads this module, and these take half a second.
     from .app import create_app
     from .metrics import make_multiprocess_dir
@@ -191,11 +212,11 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
 
     mode = ("Flask development server" if dev
             else f"gunicorn, {workers} worker(s) x {threads} threads")
-    banner = (f"LogQueue broker listening on http://{host}:{port} "
-              f"(database: {displayed(url)}; {mode}; auth: {'token' if token else 'off'})")
+    banner = (f"LogQueue broker listening on {'https' if tls else 'http'}://{host}:{port} "
+              f"(database: {displayed(url)}; {mode}; auth: {AUTH_MODES[bool(token)]})")
     if dev:
         click.echo(banner, err=True)
-        _serve_dev(app, host, port)
+        _serve_dev(app, host, port, tls)
         return
 
     def on_exit() -> None:
@@ -204,7 +225,7 @@ def broker_command(host: str, port: int, db_url: str | None, workers: int | None
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     serve(config, host=host, port=port, workers=workers, threads=threads,
-          on_ready=lambda: click.echo(banner, err=True), on_exit=on_exit)
+          on_ready=lambda: click.echo(banner, err=True), on_exit=on_exit, tls=tls)
 
 
 if __name__ == "__main__":

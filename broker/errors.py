@@ -43,6 +43,21 @@ class Unauthorized(BrokerError):
     code = "unauthorized"
 
 
+class Forbidden(BrokerError):
+    """A valid token whose scopes do not cover this verb on this topic."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TokenExists(BrokerError):
+    code = "token_exists"
+
+
+class UnknownToken(BrokerError):
+    code = "unknown_token"
+
+
 class TooLarge(BrokerError):
     status = 413
     code = "too_large"

@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
+from .auth import readable
 from .errors import BrokerError
 from .store import get_store
 
@@ -107,7 +108,7 @@ class DatabaseCollector:
         messages = GaugeMetricFamily("lq_topic_messages", "Messages retained.", labels=["topic"])
         lag = GaugeMetricFamily("lq_topic_max_lag", "The largest consumer lag.", labels=["topic"])
         try:
-            topics = get_store(self.app).topics.stats()
+            topics = [t for t in get_store(self.app).topics.stats() if readable(t.topic)]
         except BrokerError:
             up.add_metric([], 0)
             yield up

@@ -87,3 +87,22 @@ consumers = Table(
     PrimaryKeyConstraint("id", name=CONSUMER_ID_KEY),
     Index(CONSUMER_NAME_KEY, "topic_id", "name", unique=True),
 )
+
+# Scoped tokens (auth.py): only a token's SHA-256 is kept, so the database never holds one in
+# clear. Scopes are topic globs, one per line, per verb; `admin` (0/1) grants everything.
+TOKEN_NAME_KEY = "lq_tokens_name_key"
+TOKEN_HASH_KEY = "lq_tokens_hash_key"
+
+tokens = Table(
+    "lq_tokens", metadata,
+    Column("id", _AutoId, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("digest", String(64), nullable=False),  # hex SHA-256 of the token
+    Column("produce", Text, nullable=False),
+    Column("consume", Text, nullable=False),
+    Column("admin", Integer, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("used_us", BigInteger),  # written at most once a minute per broker process
+    UniqueConstraint("name", name=TOKEN_NAME_KEY),
+    UniqueConstraint("digest", name=TOKEN_HASH_KEY),
+)

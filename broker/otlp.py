@@ -23,14 +23,12 @@ import os
 import re
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException
 
-from . import metrics
+from . import auth, metrics, wire
 from .errors import BadRequest, BrokerError, NotRegistered, TooLarge, UnknownId, UnknownTopic
 from .schemas import storable_sizes
 from .store import AppendRequest, Store, get_store
@@ -90,11 +88,14 @@ def _proto() -> Any:
 @bp.post("/v1/logs", strict_slashes=False)
 def export_logs() -> Response:
     """OTLP/HTTP ExportLogsServiceRequest in; ExportLogsServiceResponse out, same encoding."""
+    auth.require("produce")  # a token that may not produce is refused before the body is read
     as_json = _is_json()
     json_format, _, pb = _proto()
     export = decode(read_body(), as_json)
     batches, rejected, problems = to_batches(export, current_app.config["LQ_OTLP_TOPIC"],
                                              current_app.config["LQ_MAX_MESSAGE_BYTES"])
+    for topic in batches:
+        auth.require("produce", topic)  # all or nothing: 403 before any topic is written
     for topic, bodies in batches.items():
         failed, problem = _append(topic, bodies)
         if problem:
@@ -119,37 +120,10 @@ def _is_json() -> bool:
 
 
 # --- the body --------------------------------------------------------------------------------
-def read_body() -> bytes:
-    """The request body, inflated as its Content-Encoding says; the size limit applies to
-    both the body and what it inflates to. (One call, so the broker's shared decompression
-    can take its place.)"""
-    try:
-        data = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
-    except HTTPException:
-        raise
-    except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
-        raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    if coding in ("", "identity"):
-        return data
-    if coding != "gzip":
-        raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported: "
-                                   "send gzip or nothing")
-    return gunzip(data, current_app.config["MAX_CONTENT_LENGTH"])
-
-
-def gunzip(data: bytes, limit: int) -> bytes:
-    """`data` inflated, refused (413) as soon as it passes `limit` bytes."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"the gzip body is corrupt: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise TooLarge(f"the request body inflates past the limit of {limit} bytes")
-    if not inflater.eof:
-        raise BadRequest("the gzip body is truncated")
-    return out
+def read_body() -> bytes | bytearray:
+    """The request body, inflated as its Content-Encoding says, within the size limit."""
+    return wire.read_body(request.stream, request.headers.get("Content-Encoding", ""),
+                          current_app.config["MAX_CONTENT_LENGTH"])
 
 
 def decode(data: bytes, as_json: bool) -> Any:

@@ -317,7 +317,9 @@ def _worker_exit(_arbiter, worker) -> None:
 
 
 def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, threads: int,
-          on_ready: Callable[[], None], on_exit: Callable[[], None]) -> None:
+          on_ready: Callable[[], None], on_exit: Callable[[], None],
+          tls: tuple[str, str] | None = None) -> None:
+    """Serve until stopped; with `tls` (certfile, keyfile), HTTPS only (gunicorn's own TLS)."""
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -339,4 +341,6 @@ def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, thr
         "post_worker_init": _start_worker,
         "worker_exit": _worker_exit,
     }
+    if tls:
+        options.update(certfile=tls[0], keyfile=tls[1])
     BrokerServer(app_config, options).run()

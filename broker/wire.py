@@ -13,7 +13,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from .errors import BadRequest, TooLarge, UnsupportedEncoding
+from werkzeug.exceptions import HTTPException
+
+from .errors import BadRequest, BrokerError, TooLarge, UnsupportedEncoding
 
 CHUNK = 256 * 1024  # bytes read or inflated at a time
 MIN_COMPRESSED_REPLY = 1024  # smaller replies go as they are: compression would not pay
@@ -29,6 +31,19 @@ def read_stream(stream: IO[bytes], limit: int) -> bytearray:
         if len(body) > limit:
             raise TooLarge(f"the request body is over the limit of {limit} bytes")
     return body
+
+
+def read_body(stream: IO[bytes], encoding: str, limit: int) -> bytes | bytearray:
+    """A request's raw body, read and inflated from its Content-Encoding within `limit`. The
+    server's body reader can fail on bad chunked encoding or a client that stops mid-body:
+    that is the client's fault, a 400."""
+    try:
+        data = read_stream(stream, limit)
+    except (HTTPException, BrokerError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
+        raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
+    return inflate(data, encoding, limit)
 
 
 def inflate(data: bytes | bytearray, encoding: str, limit: int) -> bytes | bytearray:

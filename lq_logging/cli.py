@@ -65,6 +65,7 @@ Exit status:
 
 #: The option that gives each configuration key, to name it when the value is refused.
 OPTION_OF = {"url": "--url", "token": "--token", "topics": "--topic", "sinks": "--sink",
+             "cacert": "--cacert",
              "name": "--name", "consumer": "--name", "from": "--from",
              "min_level": "--min-level", "logger_prefix": "--logger-prefix", "batch": "--batch",
              "wait": "--wait", "dead_letter": "--dead-letter", "sink_retries": "--sink-retries"}
@@ -76,6 +77,9 @@ OPTION_OF = {"url": "--url", "token": "--token", "topics": "--topic", "sinks": "
               help="Broker url(s), comma-separated for failover. [env: LQ_URL]")
 @click.option("--token", envvar="LQ_TOKEN", default=None,
               help="The broker's token. [env: LQ_TOKEN]")
+@click.option("--cacert", envvar="LQ_CACERT", default=None, metavar="PATH",
+              help="For https:// urls: the CA file of the broker's certificate ('false': "
+                   "no check). [env: LQ_CACERT]")
 @click.option("--topic", "topics", multiple=True, metavar="TOPIC",
               help="A topic to drain (repeatable); created when missing.")
 @click.option("--sink", "sinks", multiple=True, metavar="SPEC",
@@ -155,7 +159,8 @@ def _dry_run(config: RunnerConfig) -> int:
 def _build_config(ctx: click.Context, config_path: str | None,
                   options: dict[str, Any]) -> RunnerConfig:
     """Options, environment and TOML file -> RunnerConfig (options and environment win)."""
-    given = {key: options[key] for key in ("url", "token", "dead_letter", "sink_retries")
+    given = {key: options[key] for key in ("url", "token", "cacert", "dead_letter",
+                                           "sink_retries")
              if ctx.get_parameter_source(key) not in (None, click.core.ParameterSource.DEFAULT)
              and options[key] is not None}
     if options["until_empty"]:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from sdk.contract import DEFAULT_URL, check_topic, check_url, parse_bool, parse_duration_ms
+from sdk.transport import parse_verify
 
 DEFAULT_DEAD_LETTER = "lq-dead-letter.jsonl"
 BATCH_MAX = 1000
@@ -182,6 +183,7 @@ class RunnerConfig(BaseModel):
 
     url: Urls = DEFAULT_URL
     token: Annotated[str | None, BeforeValidator(lambda value: value or None)] = None
+    cacert: Annotated[bool | str, AfterValidator(parse_verify)] = True  # https:// CA file
     dead_letter: str = Field(DEFAULT_DEAD_LETTER, min_length=1)
     sink_retries: int = Field(3, ge=0)
     retry_backoff: Seconds = Field(0.5, ge=0)

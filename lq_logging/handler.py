@@ -137,6 +137,8 @@ class LogQueueHandler(logging.Handler):
         spool_fsync: fsync spool writes (once per batch; and the spool directory when a file
             is created or renamed), so spooled records survive a power cut, not only a
             crash. ``False`` (or ``"false"`` from a config file) trades that for speed.
+        verify: for ``https://`` urls, the CA file that signs the broker's certificate
+            (``False`` or ``"false"``: no check; default: the system's CAs).
 
     Raises:
         ValueError: an option is not one the handler can work with; the message names it
@@ -150,14 +152,15 @@ class LogQueueHandler(logging.Handler):
                  fields: Mapping[str, Any] | None = None, level: int | str = logging.NOTSET,
                  max_record_bytes: int = DEFAULT_MAX_BYTES,
                  spool_max_bytes: int = 256 * 1024 * 1024,
-                 spool_fsync: bool | str = True) -> None:
+                 spool_fsync: bool | str = True, verify: bool | str = True) -> None:
         # Checked before logging.Handler.__init__ registers the handler: a bad option leaves
         # nothing behind for logging.shutdown() to trip over at exit.
         self.settings = settings(url, topic, token=token, batch_size=batch_size,
                                  flush_interval=flush_interval, queue_size=queue_size,
                                  spool_dir=spool_dir, overflow=overflow, timeout=timeout,
                                  fields=fields, max_record_bytes=max_record_bytes,
-                                 spool_max_bytes=spool_max_bytes, spool_fsync=spool_fsync)
+                                 spool_max_bytes=spool_max_bytes, spool_fsync=spool_fsync,
+                                 verify=verify)
         super().__init__(check_level(level))
         s = self.settings
         self.urls, self.topic, self.overflow = list(s.urls), s.topic, s.overflow

@@ -68,7 +68,8 @@ OnSinkError = Callable[[PipelineConfig, int, SinkConfig, SinkError], Exception]
 def client_for(config: RunnerConfig) -> Client:
     """The runner's client. Its own tries are few (one more per url, so every url is tried
     once): the runner retries for as long as it takes, and says so meanwhile."""
-    return Client(config.url, token=config.token, retries=len(config.url.split(",")))
+    return Client(config.url, token=config.token, verify=config.cacert,
+                  retries=len(config.url.split(",")))
 
 
 def check_broker(config: RunnerConfig) -> str | None:

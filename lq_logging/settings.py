@@ -15,6 +15,7 @@ from typing import Any
 
 from lq_logging.record import DEFAULT_MAX_BYTES
 from sdk.contract import DEFAULT_URL, check_topic, check_url, parse_bool
+from sdk.transport import parse_verify
 
 OVERFLOW_POLICIES = ("spool", "drop", "block")
 MAX_BATCH_RECORDS = 10_000
@@ -37,6 +38,7 @@ class Settings:
     max_record_bytes: int = DEFAULT_MAX_BYTES
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_fsync: bool = True
+    verify: bool | str = True
 
     @property
     def spooling(self) -> bool:
@@ -89,7 +91,7 @@ def check_level(level: int | str) -> int | str:
 def settings(url: str | Sequence[str], topic: str, *, token: str | None, batch_size: Any,
              flush_interval: Any, queue_size: Any, spool_dir: str | None, overflow: str,
              timeout: Any, fields: Mapping[str, Any] | None, max_record_bytes: Any,
-             spool_max_bytes: Any, spool_fsync: Any) -> Settings:
+             spool_max_bytes: Any, spool_fsync: Any, verify: Any = True) -> Settings:
     """Check every option; raise ValueError naming the first bad one and what it allows."""
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow: {overflow!r} is not one of {', '.join(OVERFLOW_POLICIES)}")
@@ -101,6 +103,10 @@ def settings(url: str | Sequence[str], topic: str, *, token: str | None, batch_s
         fsync = parse_bool(spool_fsync)
     except ValueError as exc:
         raise ValueError(f"spool_fsync: {exc}") from None
+    try:
+        ca = parse_verify(verify)
+    except ValueError as exc:
+        raise ValueError(f"verify: {exc}") from None
     if fields is not None and not isinstance(fields, Mapping):
         raise ValueError(f"fields: {fields!r} is not a mapping of names to values")
     urls = _urls(url)
@@ -114,7 +120,7 @@ def settings(url: str | Sequence[str], topic: str, *, token: str | None, batch_s
         fields=dict(fields or {}),
         max_record_bytes=_number("max_record_bytes", max_record_bytes, int, 1024),
         spool_max_bytes=_number("spool_max_bytes", spool_max_bytes, int, 1024),
-        spool_fsync=fsync)
+        spool_fsync=fsync, verify=ca)
 
 
 __all__ = ["MAX_BATCH_RECORDS", "OVERFLOW_POLICIES", "Settings", "default_spool_dir",

@@ -12,6 +12,7 @@ Failures: the broker down or answering 5xx is retried with backoff (capped at
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -22,10 +23,11 @@ from typing import Any
 from lq_logging.gate import Gate
 from lq_logging.pipeline import Pipeline, PipelineFailed
 from lq_logging.sinks import Entry, Interrupted
-from sdk import Consumer, LogQueueError, Message
+from sdk import Client, Consumer, LogQueueError, Message
 from sdk.exceptions import (
     BadRequest,
     BrokerUnavailable,
+    Forbidden,
     NotRegistered,
     Unauthorized,
     UnknownId,
@@ -201,7 +203,7 @@ class TopicWorker(threading.Thread):
         while self.gate.keep_going(self.pipeline):
             try:
                 result = call()
-            except Unauthorized as exc:
+            except (Unauthorized, Forbidden) as exc:
                 raise PipelineFailed(f"the broker refused the token ({what}): {exc}") from exc
             except BadRequest as exc:
                 raise PipelineFailed(f"the broker refused {what}: {exc}") from exc
@@ -218,8 +220,7 @@ class TopicWorker(threading.Thread):
 
     def _register(self) -> bool:
         client = self.consumer.client
-        done = self._broker("creating the topic",
-                            lambda: client.create_topic(self.topic, exist_ok=True) or True)
+        done = self._broker("creating the topic", lambda: _create_topic(client, self.topic))
         if not done:
             return False
         return bool(self._broker("registering the consumer",
@@ -313,3 +314,11 @@ class TopicWorker(threading.Thread):
 
 
 __all__ = ["BrokerWatch", "Progress", "TopicWorker", "gone_reason", "outage_reason"]
+
+
+def _create_topic(client: Client, topic: str) -> bool:
+    """Create the topic if it is missing. A consume-only token may not create topics: then
+    the topic must exist already, and registering says so if it does not."""
+    with contextlib.suppress(Forbidden):
+        client.create_topic(topic, exist_ok=True)
+    return True

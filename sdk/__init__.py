@@ -15,6 +15,7 @@ from sdk.consumer import Consumer
 from sdk.exceptions import (
     BadRequest,
     BrokerUnavailable,
+    Forbidden,
     InternalError,
     LogQueueError,
     MethodNotAllowed,
@@ -37,6 +38,7 @@ __all__ = [
     "BrokerUnavailable",
     "Client",
     "Consumer",
+    "Forbidden",
     "InternalError",
     "LogQueueError",
     "Message",

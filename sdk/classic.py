@@ -37,11 +37,14 @@ class MyQueue:
         url: the broker url; the scheme is optional (``"localhost:5000"``). A
             comma-separated list gives failover.
         token: the broker's token, if it requires one.
+        verify: for an ``https://`` url, the CA file of the broker's certificate (or
+            ``False`` to skip the check).
         **options: passed to :class:`~sdk.client.Client` (``retries``, ``read_timeout``, ...).
     """
 
-    def __init__(self, url: str, *, token: str | None = None, **options: Any) -> None:
-        self.client = Client(url, token=token, **options)
+    def __init__(self, url: str, *, token: str | None = None, verify: bool | str | None = True,
+                 **options: Any) -> None:
+        self.client = Client(url, token=token, verify=verify, **options)
 
     def createTopic(self, topicName: str) -> None:
         """Create a topic. Raises ``TopicExists`` if it exists, ``BadRequest`` if the name is

@@ -102,6 +102,20 @@ class TopicStats:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """One token of :meth:`Client.tokens` (the broker never shows a token again after
+    :meth:`Client.create_token`). ``token`` is set only in what ``create_token`` returns."""
+
+    name: str
+    produce: tuple[str, ...]
+    consume: tuple[str, ...]
+    admin: bool
+    created: datetime | None = None
+    last_used: datetime | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumerLag:
     """One registration in :meth:`Client.describe`: its name (``None`` when unnamed),
     position (the next offset it will read) and lag (messages at or after the position)."""
@@ -157,6 +171,8 @@ class Client:
         urls: one broker url, a comma-separated string, or a sequence (failover in order);
             the scheme is optional.
         token: the broker's token, if it requires one.
+        verify: for ``https://`` urls, the CA file that signs the broker's certificate,
+            ``False`` to skip the check, or ``True`` (the system's CAs).
         transport: an existing :class:`~sdk.transport.Transport` to share (``urls``,
             ``token`` and ``transport_options`` are then ignored, and :meth:`close` does not
             close it).
@@ -165,9 +181,10 @@ class Client:
     """
 
     def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, *, token: str | None = None,
-                 transport: Transport | None = None, **transport_options: Any) -> None:
+                 verify: bool | str | None = True, transport: Transport | None = None,
+                 **transport_options: Any) -> None:
         self._owns_transport = transport is None
-        self.transport: Transport = transport or Transport(urls, token=token,
+        self.transport: Transport = transport or Transport(urls, token=token, verify=verify,
                                                            **transport_options)
 
     def create_topic(self, topic: str, *, exist_ok: bool = False, retention_ms: int | None = None,
@@ -224,6 +241,26 @@ class Client:
         """Per topic: message count, first and next offsets, consumers, largest lag."""
         return [TopicStats(**{f: t[f] for f in TopicStats.__slots__})
                 for t in self.transport.get("/stats")["topics"]]
+
+    def create_token(self, *, name: str | None = None, produce: Iterable[str] = (),
+                     consume: Iterable[str] = (), admin: bool = False) -> TokenInfo:
+        """A new token that may produce to the ``produce`` topic globs, read the ``consume``
+        ones, and with ``admin`` do everything. Its ``token`` is shown this once (the broker
+        keeps only its SHA-256). Needs an admin token."""
+        body = self.transport.post("/tokens", {"name": name, "produce": list(produce),
+                                               "consume": list(consume), "admin": admin})
+        return TokenInfo(body["name"], tuple(body["produce"]), tuple(body["consume"]),
+                         body["admin"], token=body["token"])
+
+    def tokens(self) -> list[TokenInfo]:
+        """Every token's name, scopes, creation and last use (never the token itself)."""
+        return [TokenInfo(t["name"], tuple(t["produce"]), tuple(t["consume"]), t["admin"],
+                          parse_ts(t.get("created")), parse_ts(t.get("last_used")))
+                for t in self.transport.get("/tokens")["tokens"]]
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the token named ``name``: every broker refuses it within a second."""
+        self.transport.request("DELETE", "/tokens", {"name": name})
 
     def healthy(self) -> bool:
         """``True`` when the current broker and its database answer (``GET /status``)."""
@@ -293,4 +330,5 @@ class TopicLocks:
         return lock
 
 
-__all__ = ["Client", "ConsumerLag", "Message", "SendResult", "TopicDescription", "TopicStats"]
+__all__ = ["Client", "ConsumerLag", "Message", "SendResult", "TokenInfo", "TopicDescription",
+           "TopicStats"]

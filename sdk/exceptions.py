@@ -112,6 +112,13 @@ class Unauthorized(LogQueueError):
     status = 401
 
 
+class Forbidden(LogQueueError):
+    """The token is valid, but its scopes do not allow this verb on this topic (403)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(LogQueueError):
     """No such path on the broker: usually a wrong url prefix or an older broker (404)."""
 
@@ -162,11 +169,12 @@ class ProtocolError(LogQueueError):
 ERRORS_BY_CODE: dict[str, type[LogQueueError]] = {
     cls.code: cls
     for cls in (BadRequest, TopicExists, UnknownTopic, UnknownId, NotRegistered, QueueEmpty,
-                Unauthorized, NotFound, MethodNotAllowed, TooLarge, InternalError,
+                Unauthorized, Forbidden, NotFound, MethodNotAllowed, TooLarge, InternalError,
                 BrokerUnavailable)
 }
 _ERRORS_BY_STATUS: dict[int, type[LogQueueError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed, 413: TooLarge,
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,
+    413: TooLarge,
     500: InternalError, 502: BrokerUnavailable, 503: BrokerUnavailable, 504: BrokerUnavailable,
 }
 
@@ -187,6 +195,7 @@ __all__ = [
     "ERRORS_BY_CODE",
     "BadRequest",
     "BrokerUnavailable",
+    "Forbidden",
     "InternalError",
     "LogQueueError",
     "MethodNotAllowed",

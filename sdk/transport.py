@@ -72,6 +72,24 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def parse_verify(value: bool | str | None) -> bool | str:
+    """What ``verify=`` / ``--cacert`` / ``LQ_CACERT`` mean: a CA file (or directory) that
+    signs the broker's certificate, ``False`` (or ``"false"``) to skip the check, and
+    ``True``, ``None`` or ``""`` for the system's CAs.
+
+    Raises:
+        ValueError: a path that does not exist.
+    """
+    if value is None or value is True or value == "":
+        return True
+    if value is False or str(value).strip().lower() in ("false", "0", "no", "off"):
+        return False
+    path = os.path.expanduser(str(value))
+    if not os.path.exists(path):
+        raise ValueError(f"no CA file or directory at {path!r}")
+    return path
+
+
 def parse_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
     """Normalize one url, a comma-separated string of urls, or a sequence of urls."""
     if isinstance(urls, str):
@@ -120,6 +138,8 @@ class Transport:
         backoff: the first pause, in seconds, once every url has failed; doubled each time.
         backoff_max: the largest pause.
         pool_maxsize: connections kept per broker.
+        verify: how to check an ``https://`` broker's certificate: a CA file, ``False`` to
+            skip the check, or ``True`` for the system's CAs (see :func:`parse_verify`).
         trust_env: read proxies, ``.netrc`` and CA bundles from the environment, as
             ``requests`` does by default. Off by default: a log shipper should not be routed
             through a proxy by a stray ``HTTP_PROXY``, and the environment scan costs about a
@@ -134,7 +154,8 @@ class Transport:
     def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, *, token: str | None = None,
                  connect_timeout: float = 3.05, read_timeout: float = 10.0, retries: int = 5,
                  backoff: float = 0.1, backoff_max: float = 2.0, pool_maxsize: int = 32,
-                 trust_env: bool = False, compress: bool = True) -> None:
+                 verify: bool | str | None = True, trust_env: bool = False,
+                 compress: bool = True) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.urls: tuple[str, ...] = parse_urls(urls)
@@ -147,6 +168,7 @@ class Transport:
         self._pool_maxsize = pool_maxsize
         self._trust_env = trust_env
         self.compress = compress
+        self._verify = parse_verify(verify)
         self._active = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -263,6 +285,7 @@ class Transport:
     def _new_session(self) -> requests.Session:
         session = requests.Session()
         session.trust_env = self._trust_env
+        session.verify = self._verify
         adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=self._pool_maxsize)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -342,4 +365,4 @@ def _decode_failure(resp: requests.Response) -> LogQueueError:
     return error_from_response(resp.status_code, body)
 
 
-__all__ = ["Transport", "normalize_url", "parse_urls"]
+__all__ = ["Transport", "normalize_url", "parse_urls", "parse_verify"]

@@ -28,10 +28,11 @@ from .dialect import connect_args
 from .producers import Producers
 from .pruning import Pruner
 from .records import AppendRequest, AppendResult, Batch, Message, TopicInfo, TopicStats, iso_time
+from .tokens import TokenRecord, Tokens
 from .topics import Topics
 
-__all__ = ["AppendRequest", "AppendResult", "Batch", "Message", "Store", "TopicInfo",
-           "TopicStats", "configure_engine", "connect_args", "create_schema",
+__all__ = ["AppendRequest", "AppendResult", "Batch", "Message", "Store", "TokenRecord",
+           "TopicInfo", "TopicStats", "configure_engine", "connect_args", "create_schema",
            "default_workers", "get_store", "init_app", "iso_time", "max_connections"]
 
 EXTENSION = "logqueue.store"
@@ -61,6 +62,7 @@ class Store:
         self.consumers = Consumers(self.db, self.caches, self.wakeups, bridge,
                                    recheck_interval, consumer_ttl_ms)
         self.pruner = Pruner(self.db, default_retention_ms, consumer_ttl_ms)
+        self.tokens = Tokens(self.db)
 
     def ping(self) -> None:
         self.db.ping()

@@ -139,3 +139,15 @@ LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
 LOCK_SCHEMA_PG = text("SELECT pg_advisory_xact_lock(:key)")
 SHOW_MAX_CONNECTIONS_PG = text("SHOW max_connections")
 PING = text("SELECT 1")
+
+# --- tokens ------------------------------------------------------------------------------------
+INSERT_TOKEN = text(
+    "INSERT INTO lq_tokens (name, digest, produce, consume, admin, created_us) "
+    "VALUES (:name, :digest, :produce, :consume, :admin, :now)")
+SELECT_TOKEN = text(  # by the unique index on digest: one indexed lookup per token
+    "SELECT produce, consume, admin, used_us FROM lq_tokens WHERE digest = :digest")
+TOUCH_TOKEN = text("UPDATE lq_tokens SET used_us = :now WHERE digest = :digest")
+SELECT_TOKENS = text(
+    "SELECT name, produce, consume, admin, created_us, used_us FROM lq_tokens ORDER BY id")
+ANY_TOKEN = text("SELECT 1 FROM lq_tokens LIMIT 1")
+DELETE_TOKEN = text("DELETE FROM lq_tokens WHERE name = :name")

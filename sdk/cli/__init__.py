@@ -3,7 +3,8 @@
 Plugin commands load lazily from entry points, like Flask's ``FlaskGroup``, so the client side
 never imports the broker and a plugin that fails to import costs one error line, not the command.
 The client commands live one family per module: :mod:`sdk.cli.topics`, :mod:`sdk.cli.produce`,
-:mod:`sdk.cli.tail`, :mod:`sdk.cli.stats`; what they share is in :mod:`sdk.cli.options`.
+:mod:`sdk.cli.tail`, :mod:`sdk.cli.stats`,
+:mod:`sdk.cli.tokens`; what they share is in :mod:`sdk.cli.options`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 from sdk.cli.produce import produce_command
 from sdk.cli.stats import stats_command
 from sdk.cli.tail import tail_command
+from sdk.cli.tokens import tokens_group
 from sdk.cli.topics import topics_group
 
 EPILOG = """\b
@@ -25,10 +27,11 @@ Examples:
   seq 1 1000 | lq produce app       # one message per line
   lq tail app -f                    # the last 10 messages, then follow (Ctrl-C stops)
   lq stats --watch
+  lq tokens create --name shop --produce 'shop-*'   # a scoped token, printed once
 
 \b
-Client commands take --url (env LQ_URL, default http://127.0.0.1:5000) and --token
-(env LQ_TOKEN). `lq CMD --help` explains each command.
+Client commands take --url (env LQ_URL, default http://127.0.0.1:5000), --token
+(env LQ_TOKEN) and --cacert for https:// (env LQ_CACERT). `lq CMD --help` explains each command.
 """
 
 
@@ -66,5 +69,5 @@ def main() -> None:
     """LogQueue: a persistent logging queue for Python applications."""
 
 
-for _command in (topics_group, produce_command, tail_command, stats_command):
+for _command in (topics_group, produce_command, tail_command, stats_command, tokens_group):
     main.add_command(_command)

@@ -1,6 +1,7 @@
-"""What every client command of `lq` shares: ``--url``/``--token`` (declared once, each with its
-env var), the TOPIC argument and ``--retention`` checked by :mod:`sdk.contract`, the client they
-make, one-line errors instead of tracebacks, and the aligned table their output uses.
+"""What every client command of `lq` shares: ``--url``/``--token``/``--cacert`` (declared once,
+each with its env var), the TOPIC argument and ``--retention`` checked by :mod:`sdk.contract`,
+the client they make, one-line errors instead of tracebacks, and the aligned table their
+output uses.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from click.core import ParameterSource
 
 from sdk.client import Client
 from sdk.contract import DEFAULT_URL, TOPIC_RULE, is_topic_name, parse_duration_ms
-from sdk.exceptions import BrokerUnavailable, LogQueueError, Unauthorized
+from sdk.exceptions import BrokerUnavailable, Forbidden, LogQueueError, Unauthorized
+from sdk.transport import parse_verify
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,9 +50,14 @@ def _keep_most_specific(ctx: click.Context, param: click.Parameter, value: Any) 
 
 
 def client_options(f: F) -> F:
-    """Add ``--url`` / ``--token`` to a command (declared once, used by every client command).
+    """Add ``--url`` / ``--token`` / ``--cacert`` to a command (declared once, used by every
+    client command).
 
     They sit on each command rather than on the `lq` group, so ``lq broker`` keeps its own."""
+    f = click.option("--cacert", envvar="LQ_CACERT", default=None, expose_value=False,
+                     callback=_keep_most_specific, is_eager=True, metavar="PATH",
+                     help="For https:// urls: the CA file that signs the broker's certificate "
+                          "('false': do not check). [env: LQ_CACERT]")(f)
     f = click.option("--token", envvar="LQ_TOKEN", default=None, expose_value=False,
                      callback=_keep_most_specific, is_eager=True,
                      help="The broker's token, when it requires one. [env: LQ_TOKEN]")(f)
@@ -69,9 +76,15 @@ def make_client(ctx: click.Context | None = None) -> Client:
     ctx = ctx or click.get_current_context()
     url = _chosen(ctx, "url", DEFAULT_URL)
     token = _chosen(ctx, "token", None)
+    cacert = _chosen(ctx, "cacert", None)
+    try:
+        verify = parse_verify(cacert)
+    except ValueError as exc:
+        raise CliError(f"bad --cacert: {exc}", 2) from None
     try:
         # Few retries: a person is waiting, and "broker down" should say so within a second.
-        client = Client(url, token=token, retries=2, backoff=0.1, backoff_max=0.5)
+        client = Client(url, token=token, verify=verify, retries=2, backoff=0.1,
+                        backoff_max=0.5)
     except ValueError as exc:
         raise CliError(f"bad --url {url!r}: {exc}", 2) from None
     ctx.call_on_close(client.close)
@@ -84,9 +97,14 @@ def _explain(exc: LogQueueError, url: str, token_given: bool) -> str:
         if token_given:
             return f"the broker at {url} refused the token (check --token / LQ_TOKEN)"
         return f"the broker at {url} requires a token: pass --token or set LQ_TOKEN"
+    if isinstance(exc, Forbidden):
+        return f"the token may not do this: {exc.message}"
     if isinstance(exc, BrokerUnavailable):
         if exc.status is None:
             cause = exc.__cause__
+            if "SSL" in type(cause).__name__:
+                return (f"TLS with the broker at {url} failed ({cause}); for a broker's own "
+                        "CA pass --cacert or set LQ_CACERT")
             reason = "timed out" if "Timeout" in type(cause).__name__ else "connection failed"
             return f"cannot reach the broker at {url} ({reason}); is `lq broker` running?"
         return f"the broker at {url} is unavailable (HTTP {exc.status}): {exc.message}"
