@@ -62,8 +62,8 @@ class Store:
                                    recheck_interval, consumer_ttl_ms)
         self.pruner = Pruner(self.db, default_retention_ms, consumer_ttl_ms)
 
-    def ping(self) -> None:
-        self.db.ping()
+    def ping(self) -> str | None:
+        return self.db.ping()
 
 
 def init_app(app: Flask) -> None:
