@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, TextClause, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from ..dburl import host_count
+from ..dburl import host_count, primary_first
 from ..models import metadata
 from ..wakeups import Wakeups
 from . import queries as q
@@ -174,14 +174,23 @@ class PostgresDialect(Dialect):
         return args
 
     def configure(self, engine: Engine) -> None:
-        """Server-side bounds too: a lock wait gives up after `timeout`. The statement
+        """New connections try first the host where the last one found a primary.
+        Server-side bounds too: a lock wait gives up after `timeout`. The statement
         timeout is twice that, so it only frees the server of work whose client is gone:
         it cancels a commit waiting for the synchronous standby into a *success* (committed
         locally, maybe not replicated), so the broker's own deadline must come first."""
         millis = int(self.timeout * 1000)
+        primary: list[tuple[str, int]] = []  # where the last new connection found a primary
+
+        @event.listens_for(engine, "do_connect")
+        def _primary_first(dialect, _record, cargs, cparams) -> Any:
+            if not primary:
+                return None  # SQLAlchemy connects as usual
+            return dialect.loaded_dbapi.connect(*cargs, **primary_first(cparams, *primary[0]))
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:
+            primary[:] = [(dbapi_connection.info.host, dbapi_connection.info.port)]
             autocommit = dbapi_connection.autocommit
             dbapi_connection.autocommit = True
             with dbapi_connection.cursor() as cursor:
