@@ -237,3 +237,39 @@ def check_stored(traffic: Traffic, url: str, total: int) -> None:
         assert [ack.first for ack in mine] == sorted(ack.first for ack in mine)
     assert [m.offset for m in traffic.consumed] == list(range(total))
     assert [m.value for m in traffic.consumed] == stored
+
+
+def test_a_commit_waiting_for_a_missing_standby_answers_503(pair: pgcluster.Pair,
+                                                            tmp_path: Path) -> None:
+    """The synchronous standby gone and not replaced: every commit on the primary waits for
+    it. The broker answers 503 within its database timeout, never a hang and never a
+    success, for the batch and for its retries (same seq) while no standby confirms; once
+    commits are released, the retry is acknowledged at the batch's one place."""
+    broker = BrokerProcess(pair.url, log_path=tmp_path / "broker.log", env={"LQ_DB_TIMEOUT": "2"},
+                           args=["--workers", "1", "--threads", "4"]).start()
+
+    def produce(seq: int, text: str) -> requests.Response:
+        body = {"topic": "sync", "producer_id": producer, "messages": [text], "seq": seq}
+        return requests.post(broker.url + "/producer/produce", json=body, timeout=8)
+
+    try:
+        assert requests.post(broker.url + "/topics", json={"topic": "sync"}, timeout=8).ok
+        producer = requests.post(broker.url + "/producer/register", json={"topic": "sync"},
+                                 timeout=8).json()["producer_id"]
+        assert produce(0, "a").json()["offsets"] == [0, 0]
+        pair.standby.stop()
+        wait_until(lambda: pair.replication_state() is None, timeout=30,
+                   message="the standby gone")
+        for _ in range(2):  # the batch, then its retry with the same seq
+            answer = produce(1, "b")
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == "unavailable"
+        pair.set_synchronous(pair.primary, "")  # releases the commit that waited
+        answers: list[requests.Response] = []
+        wait_until(lambda: answers.append(produce(1, "b")) or answers[-1].ok, timeout=30,
+                   message="the retry acknowledged")
+        assert answers[-1].json()["offsets"] == [1, 1]
+        assert TopicReader(broker.url, "sync").texts_until(2) == ["a", "b"]
+    finally:
+        broker.stop()
+    assert "unhandled error" not in broker.log_path.read_text(errors="replace")
