@@ -34,7 +34,7 @@ log = logging.getLogger("broker.wakeups")
 
 NOTIFY_THROTTLE_SECONDS = 0.005
 RECONNECT_SECONDS = 1.0
-LISTEN_PROBE_SECONDS = 5.0  # how often a quiet LISTEN connection is checked for life
+LISTEN_PROBE_SECONDS = 2.0  # how often a quiet LISTEN connection is checked for life
 
 Bounded = Callable[[Any], AbstractContextManager[None]]
 LISTEN_READY_SECONDS = 5.0  # the longest the first long-poll waits for LISTEN to be in place
@@ -96,14 +96,16 @@ class PgWakeupBridge:
             time.sleep(NOTIFY_THROTTLE_SECONDS)  # the throttle window, not synchronization
 
     def _listen_loop(self) -> None:
+        lost = False
         while True:
             try:
-                self._listen_once()
+                self._listen_once(reopening=lost)
             except Exception as exc:  # noqa: BLE001 - reconnect; waiters re-check meanwhile
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                lost = True
             time.sleep(RECONNECT_SECONDS)
 
-    def _listen_once(self) -> None:
+    def _listen_once(self, reopening: bool) -> None:
         proxied = self._engine.raw_connection()
         proxied.detach()  # our own connection, never returned to the pool
         conn = proxied.dbapi_connection
@@ -112,6 +114,8 @@ class PgWakeupBridge:
             with conn.cursor() as cursor, self._bounded(conn):
                 cursor.execute(LISTEN)
             self._listened.set()
+            if reopening:
+                log.warning("LISTEN connection re-opened")
             while True:
                 if select.select([conn], [], [], LISTEN_PROBE_SECONDS)[0]:
                     conn.poll()

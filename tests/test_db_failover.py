@@ -200,6 +200,9 @@ def run_failover(pair: pgcluster.Pair, brokers: list[BrokerProcess], fault: str)
         raise
     for broker in brokers:
         assert writes_to(broker) == f"127.0.0.1:{pair.standby.port}"
+    # The consumer's long-polls made a LISTEN connection; it moved to the new primary.
+    wait_until(lambda: any("LISTEN connection re-opened" in b.log_path.read_text()
+                           for b in brokers), timeout=30, message="LISTEN re-opened")
     traffic.stop_producing.set()
     for thread in threads[:PRODUCERS]:
         thread.join(60)
