@@ -26,7 +26,7 @@ from . import queries as q
 from . import reads
 from .driver import translate_errors
 from .records import Batch, Message
-from .watchdog import Watchdog
+from .watchdog import WATCHDOG
 
 if TYPE_CHECKING:
     from ..pgwakeups import PgWakeupBridge
@@ -158,7 +158,6 @@ class PostgresDialect(Dialect):
 
     def __init__(self) -> None:
         self.timeout = db_timeout()
-        self._watchdog = Watchdog(self.timeout)
 
     def connect_args(self, url: str) -> dict[str, Any]:
         """Bounded waits when a database host vanishes: each host's connect gives up after
@@ -198,7 +197,7 @@ class PostgresDialect(Dialect):
             dbapi_connection.autocommit = autocommit
 
     def bounded(self, dbapi_connection: Any) -> AbstractContextManager[None]:
-        return self._watchdog.bounded(dbapi_connection)
+        return WATCHDOG.bounded(dbapi_connection, self.timeout)
 
     def server(self, conn: Connection) -> str | None:
         info = conn.connection.dbapi_connection.info

@@ -27,21 +27,28 @@ TICK_SECONDS = 0.1  # how late past its deadline a call may be cut off
 
 
 class Watchdog:
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
+    """One per process (`WATCHDOG`): a table of deadlines and the thread that keeps them."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a fork keeps no thread, no holder
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._active: dict[int, tuple[float, int]] = {}  # token -> (deadline, socket fd)
         self._tokens = itertools.count()
-        self._pid: int | None = None  # the process whose watcher thread runs (forks lose it)
+        self._started = False
 
     @contextmanager
-    def bounded(self, dbapi_connection: Any) -> Iterator[None]:
+    def bounded(self, dbapi_connection: Any, timeout: float) -> Iterator[None]:
         """Run the block with the connection cut off `timeout` seconds from now; a block cut
         off raises Unavailable (whatever the driver raised is its cause)."""
         token = next(self._tokens)
         with self._lock:
-            self._watch()
-            self._active[token] = (time.monotonic() + self.timeout, dbapi_connection.fileno())
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="lq-db-watchdog", daemon=True).start()
+            self._active[token] = (time.monotonic() + timeout, dbapi_connection.fileno())
         cut = False
         try:
             yield
@@ -49,20 +56,13 @@ class Watchdog:
             with self._lock:
                 cut = self._active.pop(token, None) is None
             if cut:
-                raise Unavailable(f"the database did not answer within {self.timeout:g} s; "
+                raise Unavailable(f"the database did not answer within {timeout:g} s; "
                                   "the outcome of any commit in flight is unknown") from exc
             raise
         finally:
             if not cut:
                 with self._lock:  # before the connection goes back to the pool
                     self._active.pop(token, None)
-
-    def _watch(self) -> None:
-        """Start the watcher thread once per process (called with the lock held)."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._active.clear()  # a forked child inherits entries of threads it lacks
-            threading.Thread(target=self._run, name="lq-db-watchdog", daemon=True).start()
 
     def _run(self) -> None:
         while True:
@@ -73,6 +73,9 @@ class Watchdog:
                     if deadline <= now:
                         del self._active[token]
                         _shut_down(fd)
+
+
+WATCHDOG = Watchdog()
 
 
 def _shut_down(fd: int) -> None:
