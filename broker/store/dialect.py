@@ -276,8 +276,11 @@ def db_timeout() -> float:
     may take before the broker gives up on it and answers 503. Keep it below the clients'
     read timeout (the SDK's is 10 s)."""
     text = os.environ.get("LQ_DB_TIMEOUT", "").strip()
-    timeout = float(text) if text else DB_TIMEOUT_SECONDS
-    if timeout <= 0:
+    try:
+        timeout = float(text) if text else DB_TIMEOUT_SECONDS
+    except ValueError:
+        timeout = 0.0
+    if not 0 < timeout < float("inf"):
         raise ValueError(f"LQ_DB_TIMEOUT must be a positive number of seconds, not {text!r}")
     return timeout
 
