@@ -360,9 +360,9 @@ def stats() -> s.Stats:
 
 @endpoint("GET", "/healthz", None, s.Health)
 def healthz() -> s.Health:
-    """200 when the database answers, else 503; needs no token."""
-    _store().ping()
-    return s.Health()
+    """200 when the database answers, else 503; needs no token. Says which PostgreSQL
+    host it writes to."""
+    return s.Health(database=_store().ping())
 
 
 @endpoint("GET", "/status", None, s.Status)

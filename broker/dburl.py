@@ -14,6 +14,7 @@ that a multi-host URL has a synchronous standby behind it.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from sqlalchemy import text
@@ -69,6 +70,24 @@ def host_count(url: str) -> int:
         return 1
     entries = [hosts] if isinstance(hosts, str) else list(hosts)
     return sum(len(entry.split(",")) for entry in entries)
+
+
+def primary_first(params: dict[str, Any], host: str, port: int | str) -> dict[str, Any]:
+    """The driver's connect() keywords with `host:port` moved to the front of a multi-host
+    list (libpq tries the hosts in order): a new connection then goes first to the primary
+    the last one found, rather than through a dead or frozen first host's connect_timeout
+    after every failover. Unchanged when that host is not in the list."""
+    hosts = str(params.get("host") or "").split(",")
+    if len(hosts) < 2:
+        return params
+    ports = [p or "5432" for p in str(params.get("port") or "").split(",")]
+    pairs = list(zip(hosts, ports * len(hosts) if len(ports) == 1 else ports, strict=True))
+    if (host, str(port)) not in pairs:
+        return params
+    pairs.remove((host, str(port)))
+    pairs.insert(0, (host, str(port)))
+    return {**params, "host": ",".join(h for h, _ in pairs),
+            "port": ",".join(p for _, p in pairs)}
 
 
 def displayed(url: str | None) -> str:

@@ -6,6 +6,11 @@ takes every pending request (itself included), writes them in one transaction, h
 outcome, then promotes the oldest newcomer to lead the next group. If a group fails, its
 members are retried one by one so one bad request never fails the others, except when the
 database itself failed (a commit's outcome may then be unknown, and a retry could append twice).
+
+A member waits a bounded time: one whose group has not answered within `timeout` gives up
+with 503 `unavailable` (whatever its leader is blocked on; the leader's own database work
+has the same bound, store/watchdog.py). Its outcome is then unknown to it: the client's
+retry with the same seq is what makes that safe.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
+
+from .errors import Unavailable
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -36,11 +43,14 @@ class GroupCommit(Generic[Req, Res]):
     """Batches `submit` calls into calls of `write_group(requests) -> results` (same order)."""
 
     def __init__(self, write_group: Callable[[Sequence[Req]], list[Res]],
-                 shared_errors: tuple[type[BaseException], ...] = ()) -> None:
+                 shared_errors: tuple[type[BaseException], ...] = (),
+                 timeout: float | None = None) -> None:
         """`shared_errors`: failures every member shares (the database is down, or a commit
-        whose outcome is unknown): handed to all, never retried one by one."""
+        whose outcome is unknown): handed to all, never retried one by one. `timeout`: the
+        longest a member waits for its group (None: no bound)."""
         self._write_group = write_group
         self._shared_errors = shared_errors
+        self._timeout = timeout
         self._mutex = threading.Lock()
         self._queue: list[_Waiter[Req, Res]] = []
         self._busy = False
@@ -58,7 +68,10 @@ class GroupCommit(Generic[Req, Res]):
             lead = not self._busy
             self._busy = True
         if not lead:
-            waiter.done.wait()
+            if not waiter.done.wait(self._timeout) and self._abandon(waiter):
+                raise Unavailable(f"no answer from the database within {self._timeout:g} s; "
+                                  "the outcome of this append is unknown: retry it with "
+                                  "the same seq")
             if not waiter.promoted:
                 return self._outcome(waiter)
         self._lead()
@@ -86,6 +99,16 @@ class GroupCommit(Generic[Req, Res]):
             for waiter in group:
                 if not waiter.promoted:
                     waiter.done.set()
+
+    def _abandon(self, waiter: _Waiter[Req, Res]) -> bool:
+        """Give up waiting, unless the waiter was answered or promoted meanwhile (then it
+        goes on: a promoted waiter that left would stall every later group)."""
+        with self._mutex:
+            if waiter.done.is_set():
+                return False
+            if waiter in self._queue:  # not taken by a group: it will never be written
+                self._queue.remove(waiter)
+            return True
 
     def _run(self, group: list[_Waiter[Req, Res]]) -> None:
         try:

@@ -8,6 +8,11 @@ append. One LISTEN connection per process, opened lazily by the first long-poll 
 fork), which waits (briefly) until it listens: from then on no append is missed. A
 notification is only a hint: waiters re-check the database every re-check interval
 (store/consumers.py), so a lost one costs that interval.
+
+Both connections live through a failover: every call has the store's deadline (a database
+that stops answering cuts the connection, store/watchdog.py), and a quiet LISTEN connection
+is probed with a query, so it is re-opened on the promoted primary rather than left waiting
+for notifications from a host that no longer answers.
 """
 
 from __future__ import annotations
@@ -17,23 +22,29 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from sqlalchemy import Engine
 
-from .store.queries import LISTEN, NOTIFY_CHANNEL, NOTIFY_TOPICS
+from .store.queries import LISTEN, NOTIFY_CHANNEL, NOTIFY_TOPICS, PING
 from .wakeups import Wakeups
 
 log = logging.getLogger("broker.wakeups")
 
 NOTIFY_THROTTLE_SECONDS = 0.005
 RECONNECT_SECONDS = 1.0
-LISTEN_PROBE_SECONDS = 5.0  # how often a quiet LISTEN connection is checked for life
+LISTEN_PROBE_SECONDS = 2.0  # how often a quiet LISTEN connection is checked for life
+
+Bounded = Callable[[Any], AbstractContextManager[None]]
 LISTEN_READY_SECONDS = 5.0  # the longest the first long-poll waits for LISTEN to be in place
 
 
 class PgWakeupBridge:
-    def __init__(self, engine: Engine, wakeups: Wakeups) -> None:
+    def __init__(self, engine: Engine, wakeups: Wakeups, bounded: Bounded) -> None:
+        """`bounded(dbapi_connection)`: a block of work on it with the store's deadline."""
         self._engine = engine
+        self._bounded = bounded
         self._wakeups = wakeups
         self._lock = threading.Lock()
         self._pending: set[int] = set()
@@ -75,36 +86,43 @@ class PgWakeupBridge:
                 topics, self._pending = self._pending, set()
             if topics:
                 try:
-                    with self._engine.begin() as conn:
+                    with self._engine.connect() as conn, \
+                            self._bounded(conn.connection.dbapi_connection):
                         conn.execute(NOTIFY_TOPICS, {"channel": NOTIFY_CHANNEL,
                                                      "ids": sorted(topics)})
+                        conn.commit()
                 except Exception as exc:  # noqa: BLE001 - a hint only; waiters re-check
                     log.warning("NOTIFY failed: %s", exc)
             time.sleep(NOTIFY_THROTTLE_SECONDS)  # the throttle window, not synchronization
 
     def _listen_loop(self) -> None:
+        lost = False
         while True:
             try:
-                self._listen_once()
+                self._listen_once(reopening=lost)
             except Exception as exc:  # noqa: BLE001 - reconnect; waiters re-check meanwhile
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                lost = True
             time.sleep(RECONNECT_SECONDS)
 
-    def _listen_once(self) -> None:
+    def _listen_once(self, reopening: bool) -> None:
         proxied = self._engine.raw_connection()
         proxied.detach()  # our own connection, never returned to the pool
         conn = proxied.dbapi_connection
         try:
             conn.autocommit = True
-            with conn.cursor() as cursor:
+            with conn.cursor() as cursor, self._bounded(conn):
                 cursor.execute(LISTEN)
             self._listened.set()
+            if reopening:
+                log.warning("LISTEN connection re-opened")
             while True:
                 if select.select([conn], [], [], LISTEN_PROBE_SECONDS)[0]:
                     conn.poll()
-                    while conn.notifies:
-                        self._wakeups.notify(int(conn.notifies.pop(0).payload))
-                else:
-                    conn.poll()  # raises if the connection died quietly
+                else:  # quiet: make sure the server still answers
+                    with conn.cursor() as cursor, self._bounded(conn):
+                        cursor.execute(PING.text)
+                while conn.notifies:
+                    self._wakeups.notify(int(conn.notifies.pop(0).payload))
         finally:
             conn.close()

@@ -278,7 +278,9 @@ class Stats(Reply):
 
 
 class Health(Reply):
-    pass
+    database: str | None = Field(
+        default=None, description="host:port of the PostgreSQL server the broker writes to "
+        "(it changes at a failover); absent on SQLite.")
 
 
 class Done(Reply):

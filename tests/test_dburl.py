@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from support import LQ, BrokerProcess, clean_env, free_port
 
 from broker.app import database_url
-from broker.dburl import displayed, host_count, normalize
+from broker.dburl import displayed, host_count, normalize, primary_first
 from sdk import Client
 
 
@@ -106,6 +106,29 @@ def test_broker_refuses_a_bad_url_without_printing_the_password() -> None:
     assert result.returncode != 0
     assert "cannot read the host 'db2:x'" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("params", "found", "expected"), [
+    ({"host": "a,b,c", "port": "1,2,3"}, ("b", 2), {"host": "b,a,c", "port": "2,1,3"}),
+    ({"host": "a,b", "port": "5"}, ("b", 5), {"host": "b,a", "port": "5,5"}),
+    ({"host": "a,b"}, ("b", 5432), {"host": "b,a", "port": "5432,5432"}),
+    ({"host": "a,b", "port": "1,2"}, ("c", 2), {"host": "a,b", "port": "1,2"}),
+    ({"host": "a", "port": 1}, ("a", 1), {"host": "a", "port": 1}),
+])
+def test_primary_first(params: dict[str, Any], found: tuple[str, int],
+                       expected: dict[str, Any]) -> None:
+    assert primary_first({**params, "dbname": "lq"}, *found) == {**expected, "dbname": "lq"}
+
+
+def test_broker_says_why_every_host_failed() -> None:
+    """libpq explains each host on its own lines: all of them reach the message."""
+    dead = [free_port(), free_port()]
+    result = subprocess.run([LQ, "broker", "--port", str(free_port()), "--db",
+                             f"postgresql://u@127.0.0.1:{dead[0]},127.0.0.1:{dead[1]}/lq"],
+                            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    for port in dead:
+        assert f'connection to server at "127.0.0.1", port {port} failed' in result.stderr
 
 
 def test_broker_serves_on_a_multi_host_url(pg_url: str, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 from support import wait_until
 
+from broker.errors import Unavailable
 from broker.groupcommit import MAX_GROUP_MESSAGES, GroupCommit
 
 
@@ -118,3 +119,24 @@ def test_a_group_holds_at_most_max_group_messages(pool: ThreadPoolExecutor) -> N
     assert first.result(10) == "FIRST"
     assert sorted(f.result(10) for f in queued) == ["X", "Y", "Z"]
     assert [len(g) for g in writer.groups] == [1, 2, 1], writer.groups
+
+
+def test_a_waiter_gives_up_after_the_timeout_and_the_next_group_still_runs(
+        pool: ThreadPoolExecutor) -> None:
+    """A group stuck on the database (held here) must not hold its queue past the timeout:
+    the queued requests answer 503 and are never written, and once the stuck group ends
+    the next request leads a group of its own (no stall behind a waiter that left)."""
+    writer = Writer()
+    commit: GroupCommit[str, str] = GroupCommit(writer, timeout=0.2)
+    writer.hold_first.clear()
+    first = pool.submit(commit.submit, "first")
+    assert writer.first_started.wait(10)
+    queued = [pool.submit(commit.submit, r) for r in ("a", "b")]
+    for future in queued:
+        with pytest.raises(Unavailable, match="outcome of this append is unknown"):
+            future.result(10)
+    assert commit.pending == 0, "a waiter that gave up leaves the queue"
+    writer.hold_first.set()
+    assert first.result(10) == "FIRST"
+    assert commit.submit("later") == "LATER"
+    assert writer.groups == [["first"], ["later"]], "what gave up was never written"

@@ -64,8 +64,8 @@ class Store:
         self.pruner = Pruner(self.db, default_retention_ms, consumer_ttl_ms)
         self.tokens = Tokens(self.db)
 
-    def ping(self) -> None:
-        self.db.ping()
+    def ping(self) -> str | None:
+        return self.db.ping()
 
 
 def init_app(app: Flask) -> None:

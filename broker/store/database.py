@@ -26,12 +26,14 @@ class Database:
         self.engine = engine
         self.dialect: Dialect = dialect_for(engine)
         self._write_lock: threading.Lock | None = self.dialect.write_lock()
+        self.timeout = self.dialect.timeout  # the longest a transaction may take (None: no bound)
 
     @contextmanager
     def transaction(self, write: bool = False,
                     conn: Connection | None = None) -> Iterator[Connection]:
-        """A transaction with driver errors translated; `conn`: the caller's, joined as is
-        (so several store calls make one transaction)."""
+        """A transaction with driver errors translated, cut off (503, outcome unknown) when
+        it takes longer than `timeout`, its commit included; `conn`: the caller's, joined as
+        is (so several store calls make one transaction)."""
         if conn is not None:
             yield conn
             return
@@ -41,7 +43,8 @@ class Database:
                 raise Unavailable("the database is busy: no write slot within "
                                   f"{WRITE_LOCK_TIMEOUT:.0f} s")
             try:
-                with self.engine.connect() as new:
+                with self.engine.connect() as new, \
+                        self.dialect.bounded(new.connection.dbapi_connection):
                     new.execution_options(lq_write=write)
                     with new.begin():
                         yield new
@@ -71,9 +74,11 @@ class Database:
             return new
         raise RuntimeError("could not find a free random id")
 
-    def ping(self) -> None:
+    def ping(self) -> str | None:
+        """Check the database answers; where it writes (host:port) when that can change."""
         with self.transaction() as conn:
             conn.execute(PING)
+            return self.dialect.server(conn)
 
 
 def configure_engine(engine: Engine) -> None:

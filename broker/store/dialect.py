@@ -9,21 +9,24 @@ carries wake-ups between processes. Everything else the store does is the same o
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Connection, Engine, TextClause, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from ..dburl import host_count, primary_first
 from ..models import metadata
 from ..wakeups import Wakeups
 from . import queries as q
 from . import reads
 from .driver import translate_errors
 from .records import Batch, Message
+from .watchdog import WATCHDOG
 
 if TYPE_CHECKING:
     from ..pgwakeups import PgWakeupBridge
@@ -31,7 +34,11 @@ if TYPE_CHECKING:
 
 SCHEMA_LOCK_KEY = 0x4C51_0001  # pg_advisory_lock key for schema creation
 PRUNE_LOCK_KEY = 0x4C51_0002  # one broker at a time prunes
+DB_TIMEOUT_SECONDS = 5.0  # default LQ_DB_TIMEOUT: below the SDK's 10 s read timeout
+CONNECT_TIMEOUT_SECONDS = 2  # per host (libpq's least): a dead first host costs 2 s
 COPY_THRESHOLD = 4  # rows from which PostgreSQL appends use COPY instead of INSERT
+_SET_TIMEOUTS = ("SELECT set_config('lock_timeout', %s, false), "
+                 "set_config('statement_timeout', %s, false)")  # driver-level, on connect
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -41,7 +48,19 @@ class Dialect:
     name: ClassVar[str]
     default_workers: ClassVar[int]  # gunicorn workers `lq broker` starts unless told
     lock_topic_counter: ClassVar[TextClause]  # read a topic's next offset, locked for append
-    connect_args: ClassVar[dict[str, Any]] = {}  # for the driver's connect()
+    timeout: float | None = None  # the longest a block of database work may take
+
+    def connect_args(self, url: str) -> dict[str, Any]:
+        """The driver's connect() arguments for this URL."""
+        return {}
+
+    def bounded(self, dbapi_connection: Any) -> AbstractContextManager[None]:
+        """A block of work on the connection, cut off after `timeout` (see watchdog.py)."""
+        return nullcontext()
+
+    def server(self, conn: Connection) -> str | None:
+        """Where this connection writes (host:port), when that can change (failover)."""
+        return None
 
     def configure(self, engine: Engine) -> None:
         """Set up a new engine's connections."""
@@ -158,35 +177,80 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     default_workers = 2
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_PG
-    # Bounded waits when the database host vanishes: a connect gives up after 5 s, and
-    # keepalives notice a dead established connection within about a minute.
-    connect_args: ClassVar[dict[str, Any]] = {
-        "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30,
-        "keepalives_interval": 10, "keepalives_count": 3}
+
+    def __init__(self) -> None:
+        self.timeout = db_timeout()
+
+    def connect_args(self, url: str) -> dict[str, Any]:
+        """Bounded waits when a database host vanishes: each host's connect gives up after
+        2 s; a dead established connection is noticed by keepalives and tcp_user_timeout
+        within about `timeout`; with several hosts, only a primary is taken."""
+        seconds = max(1, round(self.timeout))
+        args: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS, "keepalives": 1,
+            "keepalives_idle": seconds, "keepalives_interval": 1, "keepalives_count": 3,
+            "tcp_user_timeout": int(self.timeout * 1000)}
+        if host_count(url) > 1 and "target_session_attrs" not in make_url(url).query:
+            args["target_session_attrs"] = "read-write"
+        return args
+
+    def configure(self, engine: Engine) -> None:
+        """New connections try first the host where the last one found a primary.
+        Server-side bounds too: a lock wait gives up after `timeout`. The statement
+        timeout is twice that, so it only frees the server of work whose client is gone:
+        it cancels a commit waiting for the synchronous standby into a *success* (committed
+        locally, maybe not replicated), so the broker's own deadline must come first."""
+        millis = int(self.timeout * 1000)
+        primary: list[tuple[str, int]] = []  # where the last new connection found a primary
+
+        @event.listens_for(engine, "do_connect")
+        def _primary_first(dialect, _record, cargs, cparams) -> Any:
+            if not primary:
+                return None  # SQLAlchemy connects as usual
+            return dialect.loaded_dbapi.connect(*cargs, **primary_first(cparams, *primary[0]))
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:
+            primary[:] = [(dbapi_connection.info.host, dbapi_connection.info.port)]
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(_SET_TIMEOUTS, (f"{millis}ms", f"{2 * millis}ms"))
+            dbapi_connection.autocommit = autocommit
+
+    def bounded(self, dbapi_connection: Any) -> AbstractContextManager[None]:
+        return WATCHDOG.bounded(dbapi_connection, self.timeout)
+
+    def server(self, conn: Connection) -> str | None:
+        info = conn.connection.dbapi_connection.info
+        return f"{info.host}:{info.port}"
 
     def lock_schema(self, conn: Connection) -> None:
         conn.execute(q.LOCK_SCHEMA_PG, {"key": SCHEMA_LOCK_KEY})
 
     def max_connections(self, engine: Engine) -> int:
-        with translate_errors(self), engine.connect() as conn:
+        with translate_errors(self), engine.connect() as conn, self.bounded(_dbapi(conn)):
             return int(conn.execute(q.SHOW_MAX_CONNECTIONS_PG).scalar_one())
 
     def wakeup_bridge(self, engine: Engine, wakeups: Wakeups) -> PgWakeupBridge:
         from ..pgwakeups import PgWakeupBridge
 
-        return PgWakeupBridge(engine, wakeups)
+        return PgWakeupBridge(engine, wakeups, self.bounded)
 
     @contextmanager
     def prune_turn(self, engine: Engine) -> Iterator[bool]:
         with translate_errors(self), engine.connect() as lock_conn:
-            if not lock_conn.execute(q.TRY_PRUNE_LOCK, {"key": PRUNE_LOCK_KEY}).scalar():
+            with self.bounded(_dbapi(lock_conn)):
+                mine = lock_conn.execute(q.TRY_PRUNE_LOCK, {"key": PRUNE_LOCK_KEY}).scalar()
+            if not mine:
                 yield False
                 return
             try:
                 yield True
             finally:
-                lock_conn.execute(q.PRUNE_UNLOCK, {"key": PRUNE_LOCK_KEY})
-                lock_conn.commit()
+                with self.bounded(_dbapi(lock_conn)):
+                    lock_conn.execute(q.PRUNE_UNLOCK, {"key": PRUNE_LOCK_KEY})
+                    lock_conn.commit()
 
     def constraint_name(self, exc: sa_exc.IntegrityError) -> str | None:
         diag = getattr(exc.orig, "diag", None)
@@ -228,7 +292,25 @@ def dialect_for(engine: Engine) -> Dialect:
 
 def connect_args(url: str) -> dict[str, Any]:
     """The driver's connect() arguments for a database URL (before any engine exists)."""
-    return dict(DIALECTS.get(make_url(url).get_backend_name(), Dialect).connect_args)
+    return DIALECTS.get(make_url(url).get_backend_name(), Dialect)().connect_args(url)
+
+
+def db_timeout() -> float:
+    """LQ_DB_TIMEOUT: seconds a block of database work (a transaction, its commit included)
+    may take before the broker gives up on it and answers 503. Keep it below the clients'
+    read timeout (the SDK's is 10 s)."""
+    text = os.environ.get("LQ_DB_TIMEOUT", "").strip()
+    try:
+        timeout = float(text) if text else DB_TIMEOUT_SECONDS
+    except ValueError:
+        timeout = 0.0
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"LQ_DB_TIMEOUT must be a positive number of seconds, not {text!r}")
+    return timeout
+
+
+def _dbapi(conn: Connection) -> Any:
+    return conn.connection.dbapi_connection
 
 
 def _unique_columns() -> dict[str, str]:

@@ -65,12 +65,16 @@ def translate_errors(dialect: NamesConstraints, **context: Any) -> Iterator[None
             raise
         raise make(context) from exc
     except UNANSWERED as exc:
-        raise Unavailable(f"the database is unavailable: {_first_line(exc)}") from exc
+        raise Unavailable(f"the database is unavailable: {_message(exc)}") from exc
     except sa_exc.DBAPIError as exc:
         if exc.connection_invalidated:
-            raise Unavailable(f"the database connection was lost: {_first_line(exc)}") from exc
+            raise Unavailable(f"the database connection was lost: {_message(exc)}") from exc
         raise
 
 
-def _first_line(exc: sa_exc.StatementError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+def _message(exc: sa_exc.StatementError) -> str:
+    """The driver's message on one line: all of it, since with several hosts libpq says why
+    each one failed, one line (or two) per host."""
+    if not exc.orig:
+        return type(exc).__name__
+    return "; ".join(line.strip() for line in str(exc.orig).splitlines() if line.strip())

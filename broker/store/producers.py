@@ -135,7 +135,8 @@ class Producers:
             with self._appenders_lock:
                 appender = self._appenders.setdefault(
                     topic_id, GroupCommit(lambda group: self._append_group(topic_id, group),
-                                          shared_errors=(Unavailable,)))
+                                          shared_errors=(Unavailable,),
+                                          timeout=self.db.timeout))
         return appender
 
     def _append_group(self, topic_id: int, group: Sequence[AppendRequest]) -> list[AppendResult]:
