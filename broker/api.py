@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from . import metrics
 from . import schemas as s
 from .errors import BadRequest, QueueEmpty, TooLarge
-from .store import AppendRequest, Message, Store, get_store, iso_time
+from .store import AppendRequest, LeaseInfo, Message, Store, get_store, iso_time
 
 bp = Blueprint("api", __name__)
 
@@ -271,6 +271,45 @@ def commit(req: s.Commit) -> s.Position:
 def size(req: s.ConsumerRef) -> s.Size:
     """How many messages wait at or after the consumer's position."""
     return s.Size(size=_store().consumers.size(req.topic, req.consumer_id))
+
+
+# --- consumer groups: leases -----------------------------------------------------------------
+def _lease_out(lease: LeaseInfo) -> s.LeaseOut:
+    return s.LeaseOut(id=lease.id, first=lease.first, last=lease.last,
+                      expires=iso_time(lease.expires_us), deliveries=lease.deliveries)
+
+
+@endpoint("POST", "/consumer/lease", s.LeaseRequest, s.LeasedMessages)
+def lease(req: s.LeaseRequest) -> s.LeasedMessages:
+    """Hand out the oldest expired lease, else the next range of up to `max` messages, for
+    `lease_ms`; long-polls up to `wait_ms` for work."""
+    wait = (req.wait_ms or 0) / 1000
+    with metrics.waiting(wait):
+        found = _store().leases.lease(req.topic, req.consumer_id, req.max or 100, req.lease_ms,
+                                      wait, req.holder)
+    metrics.consumed([m.body for m in found.messages])
+    return s.LeasedMessages(lease=_lease_out(found.lease) if found.lease else None,
+                            messages=_messages(found.messages), skipped=found.skipped or None)
+
+
+@endpoint("POST", "/consumer/ack", s.LeaseRef, s.Position)
+def ack(req: s.LeaseRef) -> s.Position:
+    """The lease's range is done; 409 lease_lost when it went to another holder."""
+    return s.Position(position=_store().leases.ack(req.topic, req.consumer_id, req.lease))
+
+
+@endpoint("POST", "/consumer/extend", s.ExtendLease, s.LeaseExtended)
+def extend(req: s.ExtendLease) -> s.LeaseExtended:
+    """Keep a lease `lease_ms` from now, for a holder still at work."""
+    found = _store().leases.extend(req.topic, req.consumer_id, req.lease, req.lease_ms)
+    return s.LeaseExtended(lease=_lease_out(found))
+
+
+@endpoint("POST", "/consumer/release", s.LeaseRef, s.Done)
+def release(req: s.LeaseRef) -> s.Done:
+    """Give a lease back unfinished: it is handed out again at once."""
+    _store().leases.release(req.topic, req.consumer_id, req.lease)
+    return s.Done(message=f"Lease {req.lease} released")
 
 
 # --- operations ------------------------------------------------------------------------------

@@ -53,3 +53,18 @@ class Unavailable(BrokerError):
 
     status = 503
     code = "unavailable"
+
+
+class Leased(BrokerError):
+    """consume, fetch or commit on a registration whose work is handed out in leases."""
+
+    status = 409
+    code = "leased"
+
+
+class LeaseLost(BrokerError):
+    """The lease is no longer the caller's: it expired and went to another holder, or it was
+    acked or released already. The caller's work on it is a redelivery."""
+
+    status = 409
+    code = "lease_lost"

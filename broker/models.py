@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lq_leases (a new table: create_all adds it to a version-1 database)
 
 # Constraint names the store maps to domain errors (store/database.py). They are the names
 # PostgreSQL gave these constraints before they were named here, so older databases agree.
@@ -29,6 +29,7 @@ TOPIC_NAME_KEY = "lq_topics_name_key"
 PRODUCER_ID_KEY = "lq_producers_pkey"
 CONSUMER_ID_KEY = "lq_consumers_pkey"
 CONSUMER_NAME_KEY = "lq_consumers_topic_name"
+LEASE_ID_KEY = "lq_leases_pkey"
 
 db = SQLAlchemy(metadata=MetaData())
 metadata = db.metadata
@@ -86,4 +87,22 @@ consumers = Table(
     Column("active_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("id", name=CONSUMER_ID_KEY),
     Index(CONSUMER_NAME_KEY, "topic_id", "name", unique=True),
+)
+
+# Consumer groups: a registration's work handed out in contiguous offset ranges. The
+# registration's `position` is then its dispatch cursor; what it has really finished is the
+# first offset of its oldest lease (store/leases.py). A row is deleted when its lease is acked.
+leases = Table(
+    "lq_leases", metadata,
+    Column("id", BigInteger, autoincrement=False),  # random, new at each hand-out
+    Column("consumer_id", BigInteger, nullable=False),
+    Column("topic_id", BigInteger, nullable=False),
+    Column("first_offset", BigInteger, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("deliveries", Integer, nullable=False),  # 1 at the first hand-out
+    Column("holder", String(200)),  # who asked, as the client named itself (for /stats)
+    Column("leased_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("id", name=LEASE_ID_KEY),
+    Index("lq_leases_consumer", "consumer_id", "first_offset"),
 )

@@ -18,6 +18,7 @@ REF = "#/components/schemas/{model}"
 FAILURES = {"400": "Bad input, or a classic failure (topic_exists, unknown_topic, unknown_id, "
                    "not_registered, queue_empty, bad_request)",
             "401": "unauthorized: a token is configured and the request lacks it",
+            "409": "leased or lease_lost: a registration drained in leases, a lease gone",
             "413": "too_large: a message, body or batch over the limits",
             "503": "unavailable: the database did not answer"}
 

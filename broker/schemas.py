@@ -7,9 +7,18 @@ here and nowhere else.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+)
 from typing_extensions import TypedDict  # pydantic wants this one before Python 3.12
 
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
@@ -240,3 +249,45 @@ class TopicDescription(Reply):
 class Status(Reply):
     database: str
     version: str
+
+
+# --- consumer groups: leases -------------------------------------------------------------------
+LeaseMs = Annotated[int, Field(ge=1, le=3_600_000, description="How long the lease holds, in ms.")]
+
+
+class LeaseRequest(Consume):
+    lease_ms: LeaseMs = 30_000
+    holder: Name | None = Field(default=None, description="Who asks (e.g. host:pid), for /stats.")
+
+
+class LeaseRef(ConsumerRef):
+    lease: Id = Field(description="The lease id a lease reply gave.")
+
+
+class ExtendLease(LeaseRef):
+    lease_ms: LeaseMs = 30_000
+
+
+class LeaseOut(BaseModel):
+    id: int
+    first: int = Field(description="The first offset of the range.")
+    last: int = Field(description="The last offset of the range (inclusive).")
+    expires: str = Field(description="When another asker may get it, ISO-8601 UTC.")
+    deliveries: int = Field(description="1 at the first hand-out; more for a redelivery.")
+
+
+class LeasedMessages(Reply):
+    lease: LeaseOut | None = Field(description="null (and no messages) when there was no work.")
+    messages: list[MessageOut]
+    skipped: int | None = _skipped
+
+    @model_serializer(mode="wrap")
+    def _keep_null_lease(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`"lease": null` stays in the JSON although replies drop None fields."""
+        data = handler(self)
+        data.setdefault("lease", None)
+        return data
+
+
+class LeaseExtended(Reply):
+    lease: LeaseOut

@@ -8,7 +8,7 @@ One module per noun, as rq and procrastinate do:
 - ``database``: the engine, its dialect, transactions (a caller's connection may be joined);
 - ``caches``: topic ids and registrations, and the retry when a cached topic id is stale;
 - ``topics``, ``producers`` (appends, idempotence), ``consumers`` (positions, long-polls),
-  ``pruning`` (retention): the nouns, each given what it needs;
+  ``leases`` (consumer groups), ``pruning`` (retention): the nouns, each given what it needs;
 - ``records``: the plain records they hand back.
 
 `Store` puts them together for one app: ``get_store(app).producers.append(...)``.
@@ -25,12 +25,24 @@ from .caches import Caches
 from .consumers import Consumers
 from .database import Database, configure_engine, create_schema, default_workers, max_connections
 from .dialect import connect_args
+from .leases import Leases
 from .producers import Producers
 from .pruning import Pruner
-from .records import AppendRequest, AppendResult, Batch, Message, TopicInfo, TopicStats, iso_time
+from .records import (
+    AppendRequest,
+    AppendResult,
+    Batch,
+    LeasedBatch,
+    LeaseInfo,
+    Message,
+    TopicInfo,
+    TopicStats,
+    iso_time,
+)
 from .topics import Topics
 
-__all__ = ["AppendRequest", "AppendResult", "Batch", "Message", "Store", "TopicInfo",
+__all__ = ["AppendRequest", "AppendResult", "Batch", "LeaseInfo", "LeasedBatch", "Message",
+           "Store", "TopicInfo",
            "TopicStats", "configure_engine", "connect_args", "create_schema",
            "default_workers", "get_store", "init_app", "iso_time", "max_connections"]
 
@@ -60,6 +72,7 @@ class Store:
         self.producers = Producers(self.db, self.caches, self.topics, appended)
         self.consumers = Consumers(self.db, self.caches, self.wakeups, bridge,
                                    recheck_interval, consumer_ttl_ms)
+        self.leases = Leases(self.db, self.caches, self.consumers, appended)
         self.pruner = Pruner(self.db, default_retention_ms, consumer_ttl_ms)
 
     def ping(self) -> None:

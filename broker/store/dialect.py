@@ -41,6 +41,7 @@ class Dialect:
     name: ClassVar[str]
     default_workers: ClassVar[int]  # gunicorn workers `lq broker` starts unless told
     lock_topic_counter: ClassVar[TextClause]  # read a topic's next offset, locked for append
+    lock_consumer: ClassVar[TextClause]  # read a dispatch cursor, locked to hand out a lease
     connect_args: ClassVar[dict[str, Any]] = {}  # for the driver's connect()
 
     def configure(self, engine: Engine) -> None:
@@ -83,6 +84,7 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     default_workers = 1  # one writer per file
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_SQLITE
+    lock_consumer = q.LOCK_CONSUMER_SQLITE
 
     def __init__(self) -> None:
         self._unique_columns = _unique_columns()
@@ -136,6 +138,7 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     default_workers = 2
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_PG
+    lock_consumer = q.LOCK_CONSUMER_PG
     # Bounded waits when the database host vanishes: a connect gives up after 5 s, and
     # keepalives notice a dead established connection within about a minute.
     connect_args: ClassVar[dict[str, Any]] = {

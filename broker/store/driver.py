@@ -14,7 +14,13 @@ from typing import Any, Protocol
 from sqlalchemy import exc as sa_exc
 
 from ..errors import TopicExists, Unavailable
-from ..models import CONSUMER_ID_KEY, CONSUMER_NAME_KEY, PRODUCER_ID_KEY, TOPIC_NAME_KEY
+from ..models import (
+    CONSUMER_ID_KEY,
+    CONSUMER_NAME_KEY,
+    LEASE_ID_KEY,
+    PRODUCER_ID_KEY,
+    TOPIC_NAME_KEY,
+)
 
 
 class UniqueViolation(Exception):
@@ -36,6 +42,7 @@ UNIQUE_ERRORS: dict[str, Callable[[Mapping[str, Any]], Exception]] = {
     PRODUCER_ID_KEY: lambda p: IdTaken(f"producer id {p.get('id')} is taken"),
     CONSUMER_ID_KEY: lambda p: IdTaken(f"consumer id {p.get('id')} is taken"),
     CONSUMER_NAME_KEY: lambda p: NameTaken(f"consumer name {p.get('name')!r} is taken"),
+    LEASE_ID_KEY: lambda p: IdTaken(f"lease id {p.get('id')} is taken"),
 }
 
 UNANSWERED = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,

@@ -58,6 +58,24 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    id: int
+    first: int
+    last: int
+    expires_us: int
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedBatch:
+    """A lease and its messages, or no lease (and no messages) when there was no work."""
+
+    lease: LeaseInfo | None
+    messages: list[Message]
+    skipped: int = 0  # messages of the range (or before it) pruned by retention
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumerInfo:
     name: str | None
     position: int
