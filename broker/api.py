@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from . import metrics
 from . import schemas as s
 from .errors import BadRequest, QueueEmpty, TooLarge
-from .store import AppendRequest, LeaseInfo, Message, Store, get_store, iso_time
+from .store import AppendRequest, ConsumerInfo, LeaseInfo, Message, Store, get_store, iso_time
 
 bp = Blueprint("api", __name__)
 
@@ -155,8 +155,7 @@ def describe_topic(req: s.TopicRef) -> s.TopicDescription:
         first_offset=info.first_offset, next_offset=info.next_offset,
         retention_ms=info.retention_ms, retention_messages=info.retention_messages,
         created=iso_time(info.created_us), producers=info.producers,
-        consumers=[s.ConsumerOut(name=c.name, position=c.position, lag=c.lag)
-                   for c in info.consumers])
+        consumers=[_consumer_out(c) for c in info.consumers])
 
 
 @endpoint("GET", "/topics", None, s.TopicList)
@@ -273,6 +272,11 @@ def size(req: s.ConsumerRef) -> s.Size:
     return s.Size(size=_store().consumers.size(req.topic, req.consumer_id))
 
 
+def _consumer_out(c: ConsumerInfo) -> s.ConsumerOut:
+    return s.ConsumerOut(name=c.name, position=c.position, lag=c.lag, leases=c.leases,
+                         holders=c.holders, active=iso_time(c.active_us) if c.active_us else None)
+
+
 # --- consumer groups: leases -----------------------------------------------------------------
 def _lease_out(lease: LeaseInfo) -> s.LeaseOut:
     return s.LeaseOut(id=lease.id, first=lease.first, last=lease.last,
@@ -318,7 +322,8 @@ def stats() -> s.Stats:
     """Per topic: messages, offsets, consumers and the largest lag (no ids)."""
     return s.Stats(topics=[
         s.TopicStatsOut(topic=t.topic, messages=t.messages, first_offset=t.first_offset,
-                        next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag)
+                        next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag,
+                        registrations=[_consumer_out(c) for c in t.registrations])
         for t in _store().topics.stats()])
 
 

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "LQ_MAX_BATCH": 10_000,
     "LQ_POOL_SIZE": 10,
     "LQ_RETENTION_MS": None,  # broker-wide default for topics without their own
-    "LQ_CONSUMER_TTL_MS": None,  # expire unnamed consumers idle this long (None: never)
+    "LQ_CONSUMER_TTL_MS": None,  # expire unnamed consumers idle this long (None: 7d, 0: never)
     "LQ_PRUNE_INTERVAL": 5.0,  # seconds between retention rounds; 0 turns pruning off
     # The longest a long-poll waits for a wake-up before it reads the database again.
     "LQ_RECHECK_INTERVAL": 1.0,

@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 2  # 2: lq_leases (a new table: create_all adds it to a version-1 database)
+SCHEMA_VERSION = 2  # 2: lq_leases, lq_holders (new tables: create_all adds them to version 1)
 
 # Constraint names the store maps to domain errors (store/database.py). They are the names
 # PostgreSQL gave these constraints before they were named here, so older databases agree.
@@ -105,4 +105,13 @@ leases = Table(
     Column("leased_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("id", name=LEASE_ID_KEY),
     Index("lq_leases_consumer", "consumer_id", "first_offset"),
+)
+
+# Who asked a registration for leases, and when last (for /stats: holders seen lately). One
+# row per (registration, holder), refreshed at most every few seconds; pruned after an hour.
+holders = Table(
+    "lq_holders", metadata,
+    Column("consumer_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("holder", String(200), primary_key=True),
+    Column("seen_us", BigInteger, nullable=False),
 )

@@ -213,6 +213,8 @@ class TopicStatsOut(BaseModel):
     next_offset: int
     consumers: int
     max_lag: int
+    registrations: list[ConsumerOut] | None = Field(
+        default=None, description="Each consumer registration: lag, leases, holders, last use.")
 
 
 class Stats(Reply):
@@ -232,6 +234,10 @@ class ConsumerOut(BaseModel):
                              description="Set for named consumers; ids are never shown.")
     position: int
     lag: int
+    leases: int = Field(default=0, description="Leases outstanding (consumer groups).")
+    holders: int = Field(default=0, description="Lease holders seen in the last minute.")
+    active: str | None = Field(default=None, description="Last use, ISO-8601 UTC (to within "
+                                                         "30 s).")
 
 
 class TopicDescription(Reply):
@@ -291,3 +297,6 @@ class LeasedMessages(Reply):
 
 class LeaseExtended(Reply):
     lease: LeaseOut
+
+
+TopicStatsOut.model_rebuild()

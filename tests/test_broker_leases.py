@@ -3,14 +3,19 @@ through two brokers on one PostgreSQL. Expiry uses short leases and `wait_until`
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from lqhttp import DIALECTS, Api, unique_topic
+from lqhttp import DIALECTS, Api, parse_ts, unique_topic
+from sqlalchemy import create_engine
 from support import BrokerProcess, wait_until
+
+from broker.store import Store
 
 ALL = {"max": 1000}
 
@@ -280,3 +285,34 @@ def test_a_version_1_database_gains_the_leases_table(tmp_path,
         assert _lease(api, topic, cid)["lease"]["last"] == 1
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM lq_schema_version").fetchall() == [(2,)]
+
+
+def test_describe_and_stats_show_each_registration(api: Api) -> None:
+    topic, cid = _group(api, 6)
+    api.consumer(topic)  # an unnamed one beside the group
+    first = _lease(api, topic, cid, max=2, holder="host-a:1")["lease"]
+    _lease(api, topic, cid, max=2, holder="host-b:2")
+    _lease(api, topic, cid, max=2, holder="host-b:2")
+
+    described = {c.get("name"): c for c in
+                 api.ok("GET", "/topics/describe", {"topic": topic})["consumers"]}
+    group, other = described["group"], described[None]
+    assert (group["position"], group["lag"], group["leases"], group["holders"]) == (0, 6, 3, 2)
+    assert (other["position"], other["lag"], other["leases"], other["holders"]) == (0, 6, 0, 0)
+    assert parse_ts(group["active"]) > datetime.now(UTC) - timedelta(minutes=5)
+
+    api.call("POST", "/consumer/ack", **_ref(topic, cid, first))
+    row = next(t for t in api.ok("GET", "/stats")["topics"] if t["topic"] == topic)
+    regs = {r.get("name"): r for r in row["registrations"]}
+    assert set(regs) == {"group", None}
+    assert (regs["group"]["position"], regs["group"]["lag"], regs["group"]["leases"],
+            regs["group"]["holders"]) == (2, 4, 2, 2)
+    assert row["max_lag"] == 6 and row["consumers"] == 2
+    assert str(cid) not in json.dumps(row), "stats leaks an id"
+
+
+def test_unnamed_registrations_expire_after_a_week_unless_told(tmp_path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'ttl.db'}")
+    assert Store(engine).pruner.consumer_ttl_ms == 7 * 24 * 3600 * 1000
+    assert Store(engine, consumer_ttl_ms=0).pruner.consumer_ttl_ms == 0
+    engine.dispose()

@@ -4,12 +4,14 @@ close releases, a lost lease raises LeaseLost; unnamed streams stay on fetch/com
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from support import BrokerProcess, wait_until
+from support import LQ, BrokerProcess, clean_env, wait_until
 
 from sdk import Client, Consumer, Message
 from sdk.exceptions import ERRORS_BY_CODE, Leased, LeaseLost
@@ -115,3 +117,25 @@ def test_an_unnamed_stream_still_fetches_and_commits(client: Client, topic: str)
     with Consumer(client) as consumer:
         assert [m.offset for m in consumer.stream(topic, wait=0, until_empty=True)] == [0, 1, 2, 3]
         assert consumer.fetch(topic) == ([], 4)
+
+
+def test_lq_stats_shows_each_registration(client: Client, topic: str,
+                                          broker: BrokerProcess) -> None:
+    _fill(client, topic, 8)
+    with Consumer(client, name="stats-group") as consumer:
+        held = consumer.lease(topic, max=3)
+        assert held is not None
+        table = subprocess.run([LQ, "stats", "--consumers", "--url", broker.url],
+                               capture_output=True,
+                               text=True, timeout=60, env=clean_env())
+        assert table.returncode == 0, table.stderr
+        rows = [line.split() for line in table.stdout.splitlines()]
+        assert ["TOPIC", "CONSUMER", "LAG", "LEASES", "HOLDERS", "LAST_ACTIVE"] in rows
+        mine = [row for row in rows if row[:2] == [topic, "stats-group"]]
+        assert len(mine) == 1 and mine[0][2:5] == ["8", "1", "1"], table.stdout
+        as_json = subprocess.run([LQ, "stats", "--url", broker.url, "--json"],
+                                 capture_output=True, text=True, timeout=60, env=clean_env())
+        row = next(t for t in json.loads(as_json.stdout) if t["topic"] == topic)
+        assert [(r["name"], r["lag"], r["leases"]) for r in row["registrations"]] == [
+            ("stats-group", 8, 1)]
+        consumer.ack(held)

@@ -32,6 +32,7 @@ from .records import (
     AppendRequest,
     AppendResult,
     Batch,
+    ConsumerInfo,
     LeasedBatch,
     LeaseInfo,
     Message,
@@ -41,13 +42,14 @@ from .records import (
 )
 from .topics import Topics
 
-__all__ = ["AppendRequest", "AppendResult", "Batch", "LeaseInfo", "LeasedBatch", "Message",
-           "Store", "TopicInfo",
-           "TopicStats", "configure_engine", "connect_args", "create_schema",
-           "default_workers", "get_store", "init_app", "iso_time", "max_connections"]
+__all__ = ["AppendRequest", "AppendResult", "Batch", "ConsumerInfo", "LeaseInfo", "LeasedBatch",
+           "Message", "Store", "TopicInfo", "TopicStats", "configure_engine", "connect_args",
+           "create_schema", "default_workers", "get_store", "init_app", "iso_time",
+           "max_connections"]
 
 EXTENSION = "logqueue.store"
 RECHECK_SECONDS = 1.0  # default for LQ_RECHECK_INTERVAL
+CONSUMER_TTL_MS = 7 * 24 * 3600 * 1000  # default: unnamed registrations unused a week expire
 
 
 class Store:
@@ -57,6 +59,9 @@ class Store:
     def __init__(self, engine: Engine, *, default_retention_ms: int | None = None,
                  consumer_ttl_ms: int | None = None,
                  recheck_interval: float = RECHECK_SECONDS) -> None:
+        """`consumer_ttl_ms`: None is the default (a week), 0 keeps unnamed registrations."""
+        if consumer_ttl_ms is None:
+            consumer_ttl_ms = CONSUMER_TTL_MS
         self.db = Database(engine)
         self.dialect = self.db.dialect.name
         self.wakeups = Wakeups()

@@ -98,14 +98,14 @@ class Consumers:
         """The topic's id, once `consumer_id` is registered for it (and marked in use)."""
         topic_id = self.caches.topic_id(topic)
         self.caches.consumers.check(consumer_id, topic_id)
-        if self.ttl_ms:
-            self._touch(consumer_id)
+        self._touch(consumer_id)
         return topic_id
 
     def _touch(self, consumer_id: int) -> None:
-        """Record that the consumer is in use: at most every TTL/4 (and 30 s) per process."""
+        """Record that the consumer is in use (its last activity, and what its TTL counts
+        from): at most every TTL/4 (and 30 s) per process."""
         now = time.monotonic()
-        interval = min(TOUCH_EVERY_MAX, self.ttl_ms / 4000)
+        interval = min(TOUCH_EVERY_MAX, self.ttl_ms / 4000) if self.ttl_ms else TOUCH_EVERY_MAX
         if now - self._touched.get(consumer_id, -interval) < interval:
             return
         remember(self._touched, consumer_id, now)

@@ -11,6 +11,7 @@ else sees it is the first offset of its oldest lease, or the cursor (queries.POS
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,12 +20,13 @@ from sqlalchemy import Connection
 from ..errors import LeaseLost
 from . import queries as q
 from . import reads
-from .caches import Caches, RegistrationGone, retry_stale_topic
+from .caches import Caches, RegistrationGone, remember, retry_stale_topic
 from .consumers import Consumers
 from .database import Database
 from .records import LeasedBatch, LeaseInfo, now_us
 
 NOTHING = LeasedBatch(None, [])
+HOLDER_SEEN_EVERY = 10.0  # seconds between two records of one holder asking, per process
 
 
 class Leases:
@@ -35,6 +37,7 @@ class Leases:
         self.caches = caches
         self.consumers = consumers
         self.released = released
+        self._seen_at: dict[tuple[int, str], float] = {}
 
     @retry_stale_topic
     def lease(self, topic: str, consumer_id: int, limit: int, lease_ms: int, wait: float = 0.0,
@@ -42,6 +45,7 @@ class Leases:
         """A lease of up to `limit` messages for `lease_ms`, waiting up to `wait` seconds for
         work (appends wake the wait; expiries are found at the next re-check)."""
         topic_id = self.consumers.check(topic, consumer_id)
+        self._seen(consumer_id, holder or "")
         grant = _Grant(topic_id, consumer_id, limit, lease_ms, holder)
         return self.consumers.wait_for(topic_id, consumer_id, wait,
                                        lambda: self._hand_out(topic, grant))
@@ -78,6 +82,18 @@ class Leases:
             if not conn.execute(q.RELEASE_LEASE, params).rowcount:
                 raise _lost(lease_id)
         self.released(topic_id)
+
+    def _seen(self, consumer_id: int, holder: str) -> None:
+        """Record that `holder` asks for this registration's leases (for /stats), at most
+        every HOLDER_SEEN_EVERY seconds per process."""
+        now = time.monotonic()
+        key = (consumer_id, holder)
+        if now - self._seen_at.get(key, -HOLDER_SEEN_EVERY) < HOLDER_SEEN_EVERY:
+            return
+        remember(self._seen_at, key, now)
+        with self.db.transaction(write=True) as conn:
+            conn.execute(q.SEEN_HOLDER, {"consumer": consumer_id, "holder": holder,
+                                         "now": now_us()})
 
     # --- hand-outs -----------------------------------------------------------------------------
     def _hand_out(self, topic: str, grant: _Grant) -> LeasedBatch:

@@ -13,6 +13,7 @@ from .database import Database
 from .records import now_us
 
 PRUNE_BATCH = 10_000  # messages deleted per pruning transaction
+HOLDERS_KEPT_US = 3600 * 1_000_000  # lease holders not seen for an hour are forgotten
 
 
 class Pruner:
@@ -34,6 +35,7 @@ class Pruner:
                 conn.execute(q.EXPIRE_CONSUMERS,
                              {"cutoff": now_us() - self.consumer_ttl_ms * 1000})
             conn.execute(q.DELETE_ORPHAN_LEASES)
+            conn.execute(q.PRUNE_HOLDERS, {"cutoff": now_us() - HOLDERS_KEPT_US})
         return pruned
 
     def _prune_topics(self) -> int:

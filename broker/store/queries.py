@@ -35,9 +35,17 @@ SET_TOPIC_RETENTION = text(
 SELECT_TOPIC = text(
     "SELECT name, first_offset, next_offset, retention_ms, retention_messages, created_us "
     "FROM lq_topics WHERE id = :topic")
+# Per registration: name, position, last activity, leases outstanding, holders seen since.
+_REGISTRATION = (
+    f"c.name, {POSITION_OF_C}, c.active_us, "
+    "(SELECT COUNT(*) FROM lq_leases l WHERE l.consumer_id = c.id), "
+    "(SELECT COUNT(*) FROM lq_holders h WHERE h.consumer_id = c.id AND h.seen_us >= :since)")
 SELECT_TOPIC_CONSUMERS = text(
-    f"SELECT c.name, {POSITION_OF_C} FROM lq_consumers c WHERE c.topic_id = :topic "
+    f"SELECT {_REGISTRATION} FROM lq_consumers c WHERE c.topic_id = :topic "
     "ORDER BY c.created_us")
+SELECT_REGISTRATIONS = text(  # every topic's, for /stats
+    f"SELECT t.name, {_REGISTRATION} FROM lq_consumers c JOIN lq_topics t ON t.id = c.topic_id "
+    "WHERE c.active_us >= :active_since ORDER BY c.topic_id, c.created_us")
 COUNT_TOPIC_PRODUCERS = text("SELECT COUNT(*) FROM lq_producers WHERE topic_id = :topic")
 DELETE_TOPIC = (
     text("DELETE FROM lq_messages WHERE topic_id = :topic"),
@@ -139,6 +147,12 @@ EXTEND_LEASE = text(
     "RETURNING first_offset, last_offset, deliveries")
 RELEASE_LEASE = text(
     "UPDATE lq_leases SET expires_us = 0 WHERE id = :lease AND consumer_id = :consumer")
+SEEN_HOLDER = text(
+    "INSERT INTO lq_holders (consumer_id, holder, seen_us) VALUES (:consumer, :holder, :now) "
+    "ON CONFLICT (consumer_id, holder) DO UPDATE SET seen_us = excluded.seen_us")
+PRUNE_HOLDERS = text(
+    "DELETE FROM lq_holders WHERE seen_us < :cutoff OR NOT EXISTS "
+    "(SELECT 1 FROM lq_consumers c WHERE c.id = lq_holders.consumer_id)")
 HAS_LEASES = text("SELECT 1 FROM lq_leases WHERE consumer_id = :consumer LIMIT 1")
 DELETE_CONSUMER_LEASES = text("DELETE FROM lq_leases WHERE consumer_id = :consumer")
 DELETE_ORPHAN_LEASES = text(  # of registrations unregistered or expired

@@ -13,6 +13,7 @@ from typing import NamedTuple
 from ..errors import BrokerError
 
 MAX_ID = 2**53
+HOLDERS_WINDOW_US = 60_000_000  # "holders seen in the last minute"
 
 
 class Message(NamedTuple):
@@ -80,6 +81,9 @@ class ConsumerInfo:
     name: str | None
     position: int
     lag: int
+    active_us: int | None = None  # last use, to within TOUCH_EVERY_MAX (consumers.py)
+    leases: int = 0  # outstanding
+    holders: int = 0  # seen asking for leases in the last HOLDERS_WINDOW_US
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ class TopicStats:
     next_offset: int
     consumers: int
     max_lag: int
+    registrations: tuple[ConsumerInfo, ...] = ()
 
     @property
     def messages(self) -> int:
