@@ -1,194 +1,27 @@
-"""The HTTP API: the classic queue contract and its extensions, one blueprint.
+"""The HTTP API: the classic queue contract and its extensions.
 
-Each endpoint is declared once with `@endpoint(method, path, request model, reply model)`: the
-declaration routes it, validates its input and describes it in /openapi.json, so the contract
-cannot drift from the code. A view takes the parsed request, calls one store method and
-returns a reply model: no SQL, no transactions. Parameters come from the query string, a form
-body or a JSON body (whatever the method and Content-Type say), merged in that order.
-Its `scope=` (produce, consume or admin) is the verb a token must hold for the request's topic
-(auth.py), checked before the view does any work.
+A view takes the parsed request, calls one store method and returns a reply model: no SQL,
+no transactions. How a view is declared, routed, authorised and parsed is endpoints.py.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from typing import Any
 
-from flask import Blueprint, Response, current_app, request
-from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from flask import Response, current_app
 
-from . import auth, metrics, wire
+from . import auth, metrics
 from . import schemas as s
-from .errors import BadRequest, QueueEmpty, TooLarge, UnsupportedEncoding
-from .store import AppendRequest, Message, Store, get_store, iso_time
-
-bp = Blueprint("api", __name__)
-
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-Model = TypeVar("Model", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    method: str
-    path: str
-    request: type[s.Request] | None
-    replies: tuple[type[s.Reply], ...]
-    summary: str
-    compress: bool = False  # replies compressed when the client accepts it (wire.py)
-    scope: str | None = None  # auth.VERBS; None: any valid token
-
-
-ENDPOINTS: list[Endpoint] = []
-
-
-def endpoint(method: str, path: str, request_model: type[s.Request] | None,
-             *replies: type[s.Reply], scope: str | None = None,
-             compress: bool = False) -> Callable:
-    """Route `view`, check its `scope`, parse its request model, serialize the reply model it
-    returns (`compress`: compressed when the client sends Accept-Encoding)."""
-    assert scope is None or scope in auth.VERBS, scope
-
-    def decorate(view: Callable[..., s.Reply]) -> Callable[..., s.Reply]:
-        def handle() -> Response:
-            if scope is None:
-                reply = view(parse(request_model)) if request_model else view()
-            else:
-                auth.require(scope)  # a token without the verb is refused before parsing
-                req = parse(request_model) if request_model else None
-                auth.require(scope, getattr(req, "topic", None))
-                reply = view(req) if request_model else view()
-            body = reply.model_dump_json(exclude_none=True)
-            return encoded_reply(body) if compress else Response(body, mimetype="application/json")
-
-        bp.add_url_rule(path, view.__name__, handle, methods=[method], strict_slashes=False)
-        ENDPOINTS.append(Endpoint(method, path, request_model, replies,
-                                  (view.__doc__ or "").strip(), compress=compress, scope=scope))
-        return view
-
-    return decorate
+from .endpoints import ENDPOINTS, bp, endpoint
+from .errors import BadRequest, QueueEmpty, TooLarge
+from .store import AppendRequest, ConsumerInfo, LeaseInfo, Message, Store, get_store, iso_time
 
 
 def _store() -> Store:
     return get_store(current_app)
-
-
-def _read_body() -> dict[str, Any] | bytes | bytearray:
-    """The form fields or the raw body, inflated from its Content-Encoding (wire.py)."""
-    encoding = request.headers.get("Content-Encoding", "")
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    multipart = request.mimetype == "multipart/form-data"
-    if multipart and encoding.strip().lower() not in ("", "identity"):
-        raise UnsupportedEncoding("a multipart body cannot be compressed; send JSON")
-    if multipart:
-        try:
-            return request.form.to_dict()
-        except HTTPException:
-            raise
-        except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors share no base we may import
-            raise BadRequest(f"the request body could not be read: {exc}"[:300]) from None
-    return wire.read_body(request.stream, encoding, limit)
-
-
-def _fields(raw: bytes | bytearray) -> dict[str, str]:
-    """URL-encoded fields (a query string or a form body), the first value of each name. The
-    text must be UTF-8: an invalid byte is a 400, as it is in a JSON body."""
-    try:
-        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError:
-        raise BadRequest("the parameters are not valid UTF-8") from None
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        fields.setdefault(name, value)
-    return fields
-
-
-def _json_object(data: bytes | bytearray | str) -> dict[str, Any] | None:
-    """`data` parsed as a JSON object, or None when it is not one."""
-    if data.lstrip()[:1] not in (b"{", "{"):
-        return None
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
-def _form_params(data: bytes | bytearray) -> dict[str, Any]:
-    """A form body; or the JSON object sent as one (`curl -d '{...}'` labels its JSON a form):
-    the whole body parses as an object, or the form's only name does."""
-    found = _json_object(data)
-    if found is not None:
-        return found
-    fields = _fields(data)
-    if len(fields) == 1:
-        (name, value), = fields.items()
-        found = _json_object(name) if value == "" else None
-        if found is not None:
-            return found
-    return fields
-
-
-def _body_params() -> dict[str, Any]:
-    data = _read_body()
-    if isinstance(data, dict):
-        return data
-    if request.mimetype == FORM_TYPES[0]:
-        return _form_params(data)
-    if not data.strip():
-        return {}
-    try:
-        body = json.loads(data)
-    except RecursionError:
-        raise BadRequest("the JSON body is nested too deeply") from None
-    except ValueError:
-        if request.is_json:
-            raise BadRequest("the body is not valid JSON") from None
-        try:  # a form body sent without its Content-Type
-            return dict(parse_qsl(data.decode("utf-8"), strict_parsing=True))
-        except ValueError:
-            raise BadRequest("the body is neither JSON nor a form") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the JSON body must be an object")
-    return body
-
-
-def parse(model: type[Model]) -> Model:
-    """Validate the merged parameters against `model`; any problem is a `bad_request`."""
-    params: dict[str, Any] = _fields(request.query_string)
-    params.update(_body_params())
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors()[:3]:
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            problems.append(f"{where}: {error['msg']}")
-        raise BadRequest("invalid request: " + "; ".join(problems)) from None
-
-
-def encoded_reply(body: str) -> Response:
-    """A JSON reply, compressed in the best coding the client accepts once it is large enough
-    to gain from it."""
-    response = Response(body, mimetype="application/json")
-    response.vary.add("Accept-Encoding")
-    raw = response.get_data()
-    coding = wire.reply_encoding(request.headers.get("Accept-Encoding", ""))
-    if coding and len(raw) >= wire.MIN_COMPRESSED_REPLY:
-        response.set_data(wire.compress(raw, coding))
-        response.headers["Content-Encoding"] = coding
-    return response
-
-
-def failure(status: int, code: str, message: str) -> Response:
-    body = s.Failure(error=code, message=message).model_dump_json()
-    return Response(body, status=status, mimetype="application/json")
 
 
 def _messages(found: list[Message]) -> list[dict[str, Any]]:
@@ -228,8 +61,7 @@ def describe_topic(req: s.TopicRef) -> s.TopicDescription:
         first_offset=info.first_offset, next_offset=info.next_offset,
         retention_ms=info.retention_ms, retention_messages=info.retention_messages,
         created=iso_time(info.created_us), producers=info.producers,
-        consumers=[s.ConsumerOut(name=c.name, position=c.position, lag=c.lag)
-                   for c in info.consumers])
+        consumers=[_consumer_out(c) for c in info.consumers])
 
 
 @endpoint("GET", "/topics", None, s.TopicList)
@@ -348,13 +180,59 @@ def size(req: s.ConsumerRef) -> s.Size:
     return s.Size(size=_store().consumers.size(req.topic, req.consumer_id))
 
 
+def _consumer_out(c: ConsumerInfo) -> s.ConsumerOut:
+    return s.ConsumerOut(name=c.name, position=c.position, lag=c.lag, leases=c.leases,
+                         holders=c.holders, active=iso_time(c.active_us) if c.active_us else None)
+
+
+# --- consumer groups: leases -----------------------------------------------------------------
+def _lease_out(lease: LeaseInfo) -> s.LeaseOut:
+    return s.LeaseOut(id=lease.id, first=lease.first, last=lease.last,
+                      expires=iso_time(lease.expires_us), deliveries=lease.deliveries)
+
+
+@endpoint("POST", "/consumer/lease", s.LeaseRequest, s.LeasedMessages, scope="consume",
+          compress=True)
+def lease(req: s.LeaseRequest) -> s.LeasedMessages:
+    """Hand out the oldest expired lease, else the next range of up to `max` messages, for
+    `lease_ms`; long-polls up to `wait_ms` for work."""
+    wait = (req.wait_ms or 0) / 1000
+    with metrics.waiting(wait):
+        found = _store().leases.lease(req.topic, req.consumer_id, req.max or 100, req.lease_ms,
+                                      wait, req.holder, req.max_bytes)
+    metrics.consumed([m.body for m in found.messages])
+    return s.LeasedMessages(lease=_lease_out(found.lease) if found.lease else None,
+                            messages=_messages(found.messages), skipped=found.skipped or None)
+
+
+@endpoint("POST", "/consumer/ack", s.LeaseRef, s.Position, scope="consume")
+def ack(req: s.LeaseRef) -> s.Position:
+    """The lease's range is done; 409 lease_lost when it went to another holder."""
+    return s.Position(position=_store().leases.ack(req.topic, req.consumer_id, req.lease))
+
+
+@endpoint("POST", "/consumer/extend", s.ExtendLease, s.LeaseExtended, scope="consume")
+def extend(req: s.ExtendLease) -> s.LeaseExtended:
+    """Keep a lease `lease_ms` from now, for a holder still at work."""
+    found = _store().leases.extend(req.topic, req.consumer_id, req.lease, req.lease_ms)
+    return s.LeaseExtended(lease=_lease_out(found))
+
+
+@endpoint("POST", "/consumer/release", s.LeaseRef, s.Done, scope="consume")
+def release(req: s.LeaseRef) -> s.Done:
+    """Give a lease back unfinished: it is handed out again at once."""
+    _store().leases.release(req.topic, req.consumer_id, req.lease)
+    return s.Done(message=f"Lease {req.lease} released")
+
+
 # --- operations ------------------------------------------------------------------------------
 @endpoint("GET", "/stats", None, s.Stats)
 def stats() -> s.Stats:
     """Per topic the token may read: messages, offsets, consumers, the largest lag (no ids)."""
     return s.Stats(topics=[
         s.TopicStatsOut(topic=t.topic, messages=t.messages, first_offset=t.first_offset,
-                        next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag)
+                        next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag,
+                        registrations=[_consumer_out(c) for c in t.registrations])
         for t in _store().topics.stats() if auth.readable(t.topic)])
 
 

@@ -16,8 +16,16 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from . import auth, dburl, metrics, otlp, retention, store
-from .api import bp, failure
+from . import (
+    api,  # noqa: F401 - its views register on the blueprint
+    auth,
+    dburl,
+    metrics,
+    otlp,
+    retention,
+    store,
+)
+from .endpoints import bp, failure
 from .errors import BrokerError, TooLarge
 from .web import is_public, web
 
@@ -30,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "LQ_MAX_BATCH": 10_000,
     "LQ_POOL_SIZE": 10,
     "LQ_RETENTION_MS": None,  # broker-wide default for topics without their own
-    "LQ_CONSUMER_TTL_MS": None,  # expire unnamed consumers idle this long (None: never)
+    "LQ_CONSUMER_TTL_MS": None,  # expire unnamed consumers idle this long (None: 7d, 0: never)
     "LQ_PRUNE_INTERVAL": 5.0,  # seconds between retention rounds; 0 turns pruning off
     # The longest a long-poll waits for a wake-up before it reads the database again.
     "LQ_RECHECK_INTERVAL": 1.0,

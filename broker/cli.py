@@ -155,7 +155,7 @@ def _tls(certfile: str | None, keyfile: str | None) -> tuple[str, str] | None:
                    "(env LQ_RETENTION). Default: keep everything.")
 @click.option("--consumer-ttl", envvar="LQ_CONSUMER_TTL", default=None, callback=_duration,
               help="Remove unnamed consumers unused this long, e.g. 1d (env LQ_CONSUMER_TTL). "
-                   "Default: keep them.")
+                   "Default: 7d; 0 keeps them.")
 @click.option("--prune-interval", default=5.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between retention rounds (0: never prune).")
 @click.option("--recheck-interval", envvar="LQ_RECHECK_INTERVAL", default=1.0,

@@ -75,3 +75,18 @@ class UnsupportedEncoding(BrokerError):
 
     status = 415
     code = "unsupported_encoding"
+
+
+class Leased(BrokerError):
+    """consume, fetch or commit on a registration whose work is handed out in leases."""
+
+    status = 409
+    code = "leased"
+
+
+class LeaseLost(BrokerError):
+    """The lease is no longer the caller's: it expired and went to another holder, or it was
+    acked or released already. The caller's work on it is a redelivery."""
+
+    status = 409
+    code = "lease_lost"

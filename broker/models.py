@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lq_leases, lq_holders (new tables: create_all adds them to version 1)
 
 # Constraint names the store maps to domain errors (store/database.py). They are the names
 # PostgreSQL gave these constraints before they were named here, so older databases agree.
@@ -29,6 +29,7 @@ TOPIC_NAME_KEY = "lq_topics_name_key"
 PRODUCER_ID_KEY = "lq_producers_pkey"
 CONSUMER_ID_KEY = "lq_consumers_pkey"
 CONSUMER_NAME_KEY = "lq_consumers_topic_name"
+LEASE_ID_KEY = "lq_leases_pkey"
 
 db = SQLAlchemy(metadata=MetaData())
 metadata = db.metadata
@@ -105,4 +106,31 @@ tokens = Table(
     Column("used_us", BigInteger),  # written at most once a minute per broker process
     UniqueConstraint("name", name=TOKEN_NAME_KEY),
     UniqueConstraint("digest", name=TOKEN_HASH_KEY),
+)
+
+# Consumer groups: a registration's work handed out in contiguous offset ranges. The
+# registration's `position` is then its dispatch cursor; what it has really finished is the
+# first offset of its oldest lease (store/leases.py). A row is deleted when its lease is acked.
+leases = Table(
+    "lq_leases", metadata,
+    Column("id", BigInteger, autoincrement=False),  # random, new at each hand-out
+    Column("consumer_id", BigInteger, nullable=False),
+    Column("topic_id", BigInteger, nullable=False),
+    Column("first_offset", BigInteger, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("deliveries", Integer, nullable=False),  # 1 at the first hand-out
+    Column("holder", String(200)),  # who asked, as the client named itself (for /stats)
+    Column("leased_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("id", name=LEASE_ID_KEY),
+    Index("lq_leases_consumer", "consumer_id", "first_offset"),
+)
+
+# Who asked a registration for leases, and when last (for /stats: holders seen lately). One
+# row per (registration, holder), refreshed at most every few seconds; pruned after an hour.
+holders = Table(
+    "lq_holders", metadata,
+    Column("consumer_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("holder", String(200), primary_key=True),
+    Column("seen_us", BigInteger, nullable=False),
 )

@@ -12,13 +12,14 @@ from pydantic.json_schema import models_json_schema
 from .schemas import Failure
 
 if TYPE_CHECKING:
-    from .api import Endpoint
+    from .endpoints import Endpoint
 
 REF = "#/components/schemas/{model}"
 FAILURES = {"400": "Bad input, or a classic failure (topic_exists, unknown_topic, unknown_id, "
                    "not_registered, queue_empty, bad_request)",
             "401": "unauthorized: a token is configured and the request lacks it",
             "403": "forbidden: the token's scopes do not cover this verb on this topic",
+            "409": "leased or lease_lost: a registration drained in leases, a lease gone",
             "413": "too_large: a message, body or batch over the limits",
             "503": "unavailable: the database did not answer"}
 

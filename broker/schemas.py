@@ -18,8 +18,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
+    model_serializer,
 )
 from typing_extensions import TypedDict  # pydantic wants this one before Python 3.12
 
@@ -271,6 +273,8 @@ class TopicStatsOut(BaseModel):
     next_offset: int
     consumers: int
     max_lag: int
+    registrations: list[ConsumerOut] | None = Field(
+        default=None, description="Each consumer registration: lag, leases, holders, last use.")
 
 
 class Stats(Reply):
@@ -292,6 +296,10 @@ class ConsumerOut(BaseModel):
                              description="Set for named consumers; ids are never shown.")
     position: int
     lag: int
+    leases: int = Field(default=0, description="Leases outstanding (consumer groups).")
+    holders: int = Field(default=0, description="Lease holders seen in the last minute.")
+    active: str | None = Field(default=None, description="Last use, ISO-8601 UTC (to within "
+                                                         "30 s).")
 
 
 class TopicDescription(Reply):
@@ -355,3 +363,48 @@ class TokenOut(BaseModel):
 
 class TokenList(Reply):
     tokens: list[TokenOut]
+
+
+# --- consumer groups: leases -------------------------------------------------------------------
+LeaseMs = Annotated[int, Field(ge=1, le=3_600_000, description="How long the lease holds, in ms.")]
+
+
+class LeaseRequest(Consume):
+    lease_ms: LeaseMs = 30_000
+    holder: Name | None = Field(default=None, description="Who asks (e.g. host:pid), for /stats.")
+
+
+class LeaseRef(ConsumerRef):
+    lease: Id = Field(description="The lease id a lease reply gave.")
+
+
+class ExtendLease(LeaseRef):
+    lease_ms: LeaseMs = 30_000
+
+
+class LeaseOut(BaseModel):
+    id: int
+    first: int = Field(description="The first offset of the range.")
+    last: int = Field(description="The last offset of the range (inclusive).")
+    expires: str = Field(description="When another asker may get it, ISO-8601 UTC.")
+    deliveries: int = Field(description="1 at the first hand-out; more for a redelivery.")
+
+
+class LeasedMessages(Reply):
+    lease: LeaseOut | None = Field(description="null (and no messages) when there was no work.")
+    messages: list[MessageOut]
+    skipped: int | None = _skipped
+
+    @model_serializer(mode="wrap")
+    def _keep_null_lease(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`"lease": null` stays in the JSON although replies drop None fields."""
+        data = handler(self)
+        data.setdefault("lease", None)
+        return data
+
+
+class LeaseExtended(Reply):
+    lease: LeaseOut
+
+
+TopicStatsOut.model_rebuild()

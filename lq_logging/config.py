@@ -152,6 +152,10 @@ class PipelineConfig(BaseModel):
     logger_prefix: Annotated[tuple[str, ...], BeforeValidator(_listed)] = ()
     batch: int = Field(500, ge=1, le=BATCH_MAX)
     wait: Seconds = Field(5.0, ge=0, le=WAIT_MAX)
+    # A named pipeline takes leases (consumer groups): how long one holds without an extend,
+    # and how many hand-outs of one range before its records go to the dead-letter file.
+    lease: Seconds = Field(30.0, ge=1, le=3600)
+    max_deliveries: int = Field(5, ge=1)
 
     @model_validator(mode="before")
     @classmethod

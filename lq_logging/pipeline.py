@@ -171,6 +171,15 @@ class Pipeline:
                     raise _interrupted(spec, step, topic, kept, problem) from exc
                 delay = min(delay * 2, 30.0)
 
+    def give_up(self, topic: str, entries: list[Entry], reason: str) -> None:
+        """Write ``entries`` to the dead-letter file instead of the sinks (a range handed out
+        too many times: some record in it keeps a holder from finishing)."""
+        if entries:
+            self._dead_letters.add(self.name, "(none)", [(e, reason) for e in entries])
+            self._say(f"pipeline {self.name!r}: {len(entries)} record(s) of topic {topic!r} "
+                      f"(offsets {entries[0].offset}-{entries[-1].offset}) {reason}; written "
+                      f"to {self._dead_letters.path}")
+
     def close(self) -> list[str]:
         """Close every sink (each, whatever the others do); the problems, as lines to say."""
         problems = []

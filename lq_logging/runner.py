@@ -4,6 +4,9 @@ Shape (rq's worker loop, procrastinate's signal handling)::
 
     Runner ── Pipeline (sinks, filters, one named consumer) ── TopicWorker per topic (thread)
 
+A named pipeline's workers are :class:`~lq_logging.leasing.LeaseWorker`: each batch is a
+lease, so runners sharing the name share the work (below, "commit" is then "ack").
+
 The runner builds the pipelines (:mod:`lq_logging.pipeline`) from a validated
 :class:`~lq_logging.config.RunnerConfig`, starts one :class:`~lq_logging.worker.TopicWorker`
 per topic, owns the process's signals and output, and decides the exit status. Each worker
@@ -50,6 +53,7 @@ from typing import IO
 
 from lq_logging.config import PipelineConfig, RunnerConfig, SinkConfig
 from lq_logging.gate import Gate
+from lq_logging.leasing import LeaseWorker
 from lq_logging.pipeline import DeadLetters, Pipeline
 from lq_logging.sinks import Sink, SinkError, build_sink
 from lq_logging.worker import BrokerWatch, Progress, TopicWorker, outage_reason
@@ -164,11 +168,14 @@ class Runner:
         for pipeline in self.pipelines:
             pcfg = pipeline.config
             consumer = client.consumer(name=pcfg.consumer, start=pcfg.start)
-            self.workers += [
-                TopicWorker(pipeline, topic, consumer, gate=self.gate, watch=watch,
-                            progress=self.counts, prefetch=self.config.prefetch,
-                            until_empty=self.config.until_empty)
-                for topic in pcfg.topics]
+            options = {"gate": self.gate, "watch": watch, "progress": self.counts,
+                       "prefetch": self.config.prefetch, "until_empty": self.config.until_empty}
+            if pcfg.consumer is not None:  # a name: runners sharing it share the work
+                options.update(lease_ms=int(pcfg.lease * 1000), say=self.say,
+                               max_deliveries=pcfg.max_deliveries)
+            worker = TopicWorker if pcfg.consumer is None else LeaseWorker
+            self.workers += [worker(pipeline, topic, consumer, **options)
+                             for topic in pcfg.topics]
         if self.progress:
             threading.Thread(target=self._lag_loop, name="lq-consume:lag", daemon=True).start()
         for worker in self.workers:

@@ -286,31 +286,34 @@ class TopicWorker(threading.Thread):
             return None
 
     def _commit(self, offset: int) -> int:
-        """Commit, retrying while the broker is down (each try is the SDK's own retries).
-        Once stopping, a failed try is the last: the batch is written but not committed, and
-        :class:`Interrupted` says it is delivered again at the next start. A stop request
-        during the wait between tries still gets one more try ("finish the batch")."""
+        return self._finish(f"the commit of offset {offset}",
+                            lambda: self.consumer.commit(self.topic, offset))
+
+    def _finish(self, what: str, call: Callable[[], Any]) -> Any:
+        """Commit (or ack), retrying while the broker is down (each try is the SDK's own
+        retries). Once stopping, a failed try is the last: the batch is written but not
+        committed, and :class:`Interrupted` says it is delivered again. A stop request during
+        the wait between tries still gets one more try ("finish the batch")."""
         delay = 0.5
         while True:
             try:
-                committed = self.consumer.commit(self.topic, offset)
+                result = call()
             except GONE as exc:
-                raise PipelineFailed(gone_reason(f"committing offset {offset}", exc)) from exc
+                raise PipelineFailed(gone_reason(what, exc)) from exc
             except (Unauthorized, BadRequest) as exc:
-                raise PipelineFailed(f"the broker refused the commit of offset {offset} on "
-                                     f"{self.topic!r}: {exc}") from exc
+                raise PipelineFailed(f"the broker refused {what} on {self.topic!r}: "
+                                     f"{exc}") from exc
             except LogQueueError as exc:
                 if self.gate.stopping:
                     raise Interrupted(
-                        f"stopped before the commit of offset {offset} on {self.topic!r} "
-                        f"succeeded ({exc}); the batch was written and is delivered again at "
-                        "the next start") from exc
-                self.watch.failed(f"the commit of offset {offset} on {self.topic!r}", exc)
+                        f"stopped before {what} on {self.topic!r} succeeded ({exc}); the "
+                        "batch was written and is delivered again") from exc
+                self.watch.failed(f"{what} on {self.topic!r}", exc)
                 self.gate.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             self.watch.answered()
-            return committed
+            return result
 
 
 __all__ = ["BrokerWatch", "Progress", "TopicWorker", "gone_reason", "outage_reason"]

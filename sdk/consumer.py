@@ -3,13 +3,16 @@ once); see :mod:`sdk.client` for the threading and fork rules."""
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sdk.client import Client, Message, Start, TopicLocks, messages_from, own_client, parse_ts
 from sdk.contract import DEFAULT_URL
-from sdk.exceptions import LogQueueError
+from sdk.exceptions import LeaseLost, LogQueueError
+from sdk.leases import DEFAULT_LEASE_MS, Lease, LeaseKeeper
 from sdk.transport import reset_after_fork
 
 
@@ -29,7 +32,9 @@ class Consumer:
     * :meth:`receive` / :meth:`receive_one`: the broker moves the position as it answers
       (at most once: a message in a lost answer is not redelivered).
     * :meth:`fetch` + :meth:`commit`: read without moving, then move explicitly.
-    * :meth:`stream`: an iterator over fetch/commit (at least once).
+    * :meth:`stream`: an iterator over fetch/commit (at least once); for a named consumer,
+      over leases, so processes sharing the name share the work.
+    * :meth:`lease` + :meth:`ack` (and :meth:`extend`, :meth:`release`): the leases by hand.
 
     Fork. In a forked child the consumer keeps the parent's consumer ids, so both processes
     read from the same positions (each message :meth:`receive` returns goes to one of
@@ -124,9 +129,48 @@ class Consumer:
         params = {"topic": topic, "consumer_id": self.register(topic)}
         return int(self._transport.get("/size", params)["size"])
 
+    # --- leases (consumer groups) -----------------------------------------------------------
+    def lease(self, topic: str, max: int = 100, wait: float = 0.0,
+              lease_ms: int = DEFAULT_LEASE_MS) -> Lease | None:
+        """A lease of up to ``max`` messages for ``lease_ms``, long-polling up to ``wait``
+        seconds; None when there was no work. Processes sharing this consumer's name share
+        the work: each range goes to one holder at a time (see :mod:`sdk.leases`)."""
+        params = {"topic": topic, "consumer_id": self.register(topic), "max": max,
+                  "wait_ms": int(wait * 1000), "lease_ms": lease_ms, "holder": _holder()}
+        return Lease.from_reply(topic, self._transport.post("/consumer/lease", params, wait=wait))
+
+    def ack(self, lease: Lease) -> int:
+        """The lease's messages are done; return the consumer's position.
+
+        Raises:
+            LeaseLost: the lease expired and went to another holder (the work is redone).
+        """
+        return int(self._transport.post("/consumer/ack", self._lease_ref(lease))["position"])
+
+    def extend(self, lease: Lease, lease_ms: int = DEFAULT_LEASE_MS) -> Lease:
+        """Keep ``lease`` for ``lease_ms`` from now (raises LeaseLost when it is gone)."""
+        body = self._transport.post("/consumer/extend",
+                                    {**self._lease_ref(lease), "lease_ms": lease_ms})
+        lease.expires = parse_ts(body["lease"].get("expires"))
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """Give ``lease`` back unfinished: it is handed out again at once."""
+        self._transport.post("/consumer/release", self._lease_ref(lease))
+
+    def _lease_ref(self, lease: Lease) -> dict[str, Any]:
+        return {"topic": lease.topic, "consumer_id": self.register(lease.topic),
+                "lease": lease.id}
+
     def stream(self, topic: str, batch: int = 100, wait: float = 1.0, *,
-               until_empty: bool = False) -> Iterator[Message]:
+               until_empty: bool = False, lease_ms: int = DEFAULT_LEASE_MS) -> Iterator[Message]:
         """Iterate over ``topic``'s messages from the position, at least once.
+
+        A named consumer takes leases, so processes sharing its name share the work: each
+        batch is a lease, extended in the background while the loop works on it and acked
+        when the loop asks for the next message after it. Closed early, the stream acks a
+        lease the loop had finished and releases one it had not (redelivered whole). Order
+        holds within a batch, not across processes.
 
         Fetches up to ``batch`` messages (long-polling up to ``wait`` seconds), yields them,
         and commits after the last one when the loop asks for the next message. When the
@@ -140,7 +184,55 @@ class Consumer:
             batch: messages per fetch (<= 1,000).
             wait: seconds to long-poll when nothing is waiting (<= 30).
             until_empty: stop when a fetch finds nothing after waiting (instead of polling on).
+            lease_ms: a named consumer's lease time: a holder that dies loses its batch to
+                another within it.
         """
+        if self.name is not None:
+            return self._stream_leases(topic, batch, wait, until_empty, lease_ms)
+        return self._stream_positions(topic, batch, wait, until_empty)
+
+    def _stream_leases(self, topic: str, batch: int, wait: float, until_empty: bool,
+                       lease_ms: int) -> Iterator[Message]:
+        keeper = LeaseKeeper(self, lease_ms)
+        lease: Lease | None = None
+        finished = False
+        try:
+            while True:
+                lease = self.lease(topic, max=batch, wait=wait, lease_ms=keeper.lease_ms)
+                if lease is None:
+                    if until_empty:
+                        return
+                    continue
+                finished = False
+                keeper.hold(lease)
+                yield from lease.messages
+                finished = True
+                self._settle(keeper, lease, finished)
+                lease = None
+        finally:
+            keeper.close()
+            if lease is not None:
+                self._settle(keeper, lease, finished, quiet=sys.exc_info()[1])
+
+    def _settle(self, keeper: LeaseKeeper, lease: Lease, finished: bool,
+                quiet: BaseException | None = None) -> None:
+        """Ack a finished lease, release another. A lost lease is someone else's now (its
+        messages are delivered again); while another error stops the stream, a failure
+        here is not raised over it."""
+        keeper.drop(lease)
+        try:
+            if finished:
+                self.ack(lease)
+            else:
+                self.release(lease)
+        except LeaseLost:
+            pass
+        except LogQueueError:
+            if quiet is None or isinstance(quiet, GeneratorExit):
+                raise
+
+    def _stream_positions(self, topic: str, batch: int, wait: float,
+                          until_empty: bool) -> Iterator[Message]:
         self.register(topic)
         offset: int | None = None
         committed: int | None = None
@@ -185,6 +277,11 @@ class Consumer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _holder() -> str:
+    """Who holds a lease, as /stats shows it: this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:200]
 
 
 __all__ = ["Consumer"]

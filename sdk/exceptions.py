@@ -105,6 +105,22 @@ class QueueEmpty(LogQueueError):
     status = 400
 
 
+class Leased(LogQueueError):
+    """consume, fetch or commit on a registration whose work is handed out in leases (409):
+    one consumer name is drained one way at a time."""
+
+    code = "leased"
+    status = 409
+
+
+class LeaseLost(LogQueueError):
+    """The lease is no longer the caller's (409): it expired and went to another holder, or
+    was acked or released already. The caller's work on it will be done again."""
+
+    code = "lease_lost"
+    status = 409
+
+
 class Unauthorized(LogQueueError):
     """The broker wants a token (``Authorization: Bearer``) and got none or a wrong one (401)."""
 
@@ -170,7 +186,7 @@ ERRORS_BY_CODE: dict[str, type[LogQueueError]] = {
     cls.code: cls
     for cls in (BadRequest, TopicExists, UnknownTopic, UnknownId, NotRegistered, QueueEmpty,
                 Unauthorized, Forbidden, NotFound, MethodNotAllowed, TooLarge, InternalError,
-                BrokerUnavailable)
+                BrokerUnavailable, Leased, LeaseLost)
 }
 _ERRORS_BY_STATUS: dict[int, type[LogQueueError]] = {
     400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,
@@ -197,6 +213,8 @@ __all__ = [
     "BrokerUnavailable",
     "Forbidden",
     "InternalError",
+    "LeaseLost",
+    "Leased",
     "LogQueueError",
     "MethodNotAllowed",
     "NotFound",

@@ -54,9 +54,11 @@ def produce_records(url: str, topic: str, records: list[dict[str, Any]]) -> None
 
 
 def position(url: str, topic: str, name: str) -> int:
-    """The committed position of the named consumer on ``topic`` (registers it if new)."""
+    """The position of the named consumer on ``topic`` (registers it if new): what it has
+    finished (with leases, the first offset of its oldest outstanding lease)."""
     with Client(url) as client:
-        return client.consumer(name=name).fetch(topic, max=1)[1]
+        client.consumer(name=name).register(topic)
+        return next(c.position for c in client.describe(topic).consumers if c.name == name)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

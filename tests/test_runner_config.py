@@ -63,7 +63,7 @@ def test_toml_spellings_make_one_model() -> None:
     ({"pipelines": []}, ["no [[pipeline]] table", "pipelines: unknown key (allowed: ",
                          "dead_letter, pipeline, prefetch"]),
     (_pipeline(min_levle=3), ["pipeline 1 ('p'): min_levle: unknown key (allowed: batch, ",
-                              "logger_prefix, min_level"]),
+                              "logger_prefix, max_deliveries, min_level"]),
     (_pipeline(batch=5000), ["pipeline 1 ('p'): batch: ", "less than or equal to 1000",
                              "(got 5000)"]),
     (_pipeline(wait=31), ["pipeline 1 ('p'): wait: ", "less than or equal to 30"]),

@@ -204,33 +204,51 @@ def test_owned_client_context_managers(broker: BrokerProcess, topic: str) -> Non
         producer.send(topic, "after close")
 
 
-def test_stream_interrupted_redelivers_only_uncommitted(client: Client, topic: str) -> None:
+def test_stream_interrupted_redelivers_only_unacked_leases(client: Client, topic: str) -> None:
+    """A named stream reads in leases (consumer groups): a batch is acked when the loop asks
+    for the message after it, and a batch left unfinished comes back whole."""
     values = [f"v{i}" for i in range(25)]
     client.producer().send_many(topic, values)
     name = f"stream-{uuid.uuid4().hex[:6]}"
 
-    # 1. A crash mid-batch: 15 messages taken (batch 1 committed when the 11th was asked
-    #    for), the iterator never closed: batch 2 is uncommitted and comes again.
-    crashed = client.consumer(name=name).stream(topic, batch=10, wait=0.1)
-    assert [next(crashed).value for _ in range(15)] == values[:15]
+    # 1. Stuck mid-batch: 15 messages taken (batch 1 acked when the 11th was asked for);
+    #    batch 2's lease is still held (and extended while its holder lives).
+    stuck = client.consumer(name=name).stream(topic, batch=10, wait=0.1)
+    assert [next(stuck).value for _ in range(15)] == values[:15]
     assert client.consumer(name=name).size(topic) == 15
 
-    # 2. A graceful stop (break) after 3 more: the loop finished 10 and 11, not 12.
+    # 2. A graceful stop (break) mid-batch releases that batch's lease; batch 2 is not given
+    #    to a second holder while the first still holds it.
     resumed = client.consumer(name=name)
     got = []
     for msg in resumed.stream(topic, batch=10, wait=0.1):
         got.append(msg.value)
         if len(got) == 3:
             break
-    assert got == values[10:13]
-    assert resumed.size(topic) == 13
+    assert got == values[20:23]
+    assert resumed.size(topic) == 15
 
-    # 3. The rest, exactly once more from the interrupted message; the stream ends when empty.
+    # 3. The stuck holder stops too: every unacked batch comes again, whole, then the end.
+    stuck.close()
     rest = [m.value for m in client.consumer(name=name).stream(topic, batch=10, wait=0.1,
                                                                until_empty=True)]
-    assert rest == values[12:]
+    assert rest == values[10:]
     assert client.consumer(name=name).size(topic) == 0
-    del crashed
+
+
+def test_an_unnamed_stream_commits_what_the_loop_finished(client: Client, topic: str) -> None:
+    values = [f"v{i}" for i in range(25)]
+    client.producer().send_many(topic, values)
+    consumer = client.consumer()
+    got = []
+    for msg in consumer.stream(topic, batch=10, wait=0.1):
+        got.append(msg.value)
+        if len(got) == 13:
+            break
+    assert got == values[:13]
+    assert consumer.size(topic) == 13, "the loop finished 12 messages, not the 13th"
+    rest = [m.value for m in consumer.stream(topic, batch=10, wait=0.1, until_empty=True)]
+    assert rest == values[12:]
 
 
 def test_unauthorized(start_broker: Callable[..., BrokerProcess], tmp_path: Path) -> None:

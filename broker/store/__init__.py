@@ -8,7 +8,7 @@ One module per noun, as rq and procrastinate do:
 - ``database``: the engine, its dialect, transactions (a caller's connection may be joined);
 - ``caches``: topic ids and registrations, and the retry when a cached topic id is stale;
 - ``topics``, ``producers`` (appends, idempotence), ``consumers`` (positions, long-polls),
-  ``pruning`` (retention): the nouns, each given what it needs;
+  ``leases`` (consumer groups), ``pruning`` (retention): the nouns, each given what it needs;
 - ``records``: the plain records they hand back.
 
 `Store` puts them together for one app: ``get_store(app).producers.append(...)``.
@@ -25,18 +25,32 @@ from .caches import Caches
 from .consumers import Consumers
 from .database import Database, configure_engine, create_schema, default_workers, max_connections
 from .dialect import connect_args
+from .leases import Leases
 from .producers import Producers
 from .pruning import Pruner
-from .records import AppendRequest, AppendResult, Batch, Message, TopicInfo, TopicStats, iso_time
+from .records import (
+    AppendRequest,
+    AppendResult,
+    Batch,
+    ConsumerInfo,
+    LeasedBatch,
+    LeaseInfo,
+    Message,
+    TopicInfo,
+    TopicStats,
+    iso_time,
+)
 from .tokens import TokenRecord, Tokens
 from .topics import Topics
 
-__all__ = ["AppendRequest", "AppendResult", "Batch", "Message", "Store", "TokenRecord",
-           "TopicInfo", "TopicStats", "configure_engine", "connect_args", "create_schema",
-           "default_workers", "get_store", "init_app", "iso_time", "max_connections"]
+__all__ = ["AppendRequest", "AppendResult", "Batch", "ConsumerInfo", "LeaseInfo", "LeasedBatch",
+           "Message", "Store", "TokenRecord", "TopicInfo", "TopicStats", "configure_engine",
+           "connect_args", "create_schema", "default_workers", "get_store", "init_app",
+           "iso_time", "max_connections"]
 
 EXTENSION = "logqueue.store"
 RECHECK_SECONDS = 1.0  # default for LQ_RECHECK_INTERVAL
+CONSUMER_TTL_MS = 7 * 24 * 3600 * 1000  # default: unnamed registrations unused a week expire
 
 
 class Store:
@@ -46,6 +60,9 @@ class Store:
     def __init__(self, engine: Engine, *, default_retention_ms: int | None = None,
                  consumer_ttl_ms: int | None = None,
                  recheck_interval: float = RECHECK_SECONDS) -> None:
+        """`consumer_ttl_ms`: None is the default (a week), 0 keeps unnamed registrations."""
+        if consumer_ttl_ms is None:
+            consumer_ttl_ms = CONSUMER_TTL_MS
         self.db = Database(engine)
         self.dialect = self.db.dialect.name
         self.wakeups = Wakeups()
@@ -61,6 +78,7 @@ class Store:
         self.producers = Producers(self.db, self.caches, self.topics, appended)
         self.consumers = Consumers(self.db, self.caches, self.wakeups, bridge,
                                    recheck_interval, consumer_ttl_ms)
+        self.leases = Leases(self.db, self.caches, self.consumers, appended)
         self.pruner = Pruner(self.db, default_retention_ms, consumer_ttl_ms)
         self.tokens = Tokens(self.db)
 

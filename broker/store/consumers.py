@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Leased
 from ..wakeups import Wakeups
 from . import queries as q
 from . import reads
@@ -21,6 +21,24 @@ if TYPE_CHECKING:
     from ..pgwakeups import PgWakeupBridge
 
 TOUCH_EVERY_MAX = 30.0  # seconds: the longest between two touches of a consumer in use
+
+
+class Found(Protocol):
+    """What a long-poll attempt finds: a Batch, a LeasedBatch."""
+
+    @property
+    def messages(self) -> list: ...
+
+
+F = TypeVar("F", bound=Found)
+
+
+def refuse_leased(conn: Connection, consumer_id: int) -> None:
+    """consume, fetch and commit would pass messages handed out in leases: one registration is
+    drained one way at a time."""
+    if conn.execute(q.HAS_LEASES, {"consumer": consumer_id}).first() is not None:
+        raise Leased(f"consumer {consumer_id} hands out its messages in leases: use "
+                     "/consumer/lease and /consumer/ack (or another consumer name)")
 
 
 class Consumers:
@@ -74,19 +92,21 @@ class Consumers:
     @retry_stale_topic
     def unregister(self, topic: str, consumer_id: int) -> None:
         self.caches.consumers.unregister(self.caches.topic_id(topic), consumer_id)
+        with self.db.transaction(write=True) as conn:
+            conn.execute(q.DELETE_CONSUMER_LEASES, {"consumer": consumer_id})
 
-    def _check(self, topic: str, consumer_id: int) -> int:
+    def check(self, topic: str, consumer_id: int) -> int:
         """The topic's id, once `consumer_id` is registered for it (and marked in use)."""
         topic_id = self.caches.topic_id(topic)
         self.caches.consumers.check(consumer_id, topic_id)
-        if self.ttl_ms:
-            self._touch(consumer_id)
+        self._touch(consumer_id)
         return topic_id
 
     def _touch(self, consumer_id: int) -> None:
-        """Record that the consumer is in use: at most every TTL/4 (and 30 s) per process."""
+        """Record that the consumer is in use (its last activity, and what its TTL counts
+        from): at most every TTL/4 (and 30 s) per process."""
         now = time.monotonic()
-        interval = min(TOUCH_EVERY_MAX, self.ttl_ms / 4000)
+        interval = min(TOUCH_EVERY_MAX, self.ttl_ms / 4000) if self.ttl_ms else TOUCH_EVERY_MAX
         if now - self._touched.get(consumer_id, -interval) < interval:
             return
         remember(self._touched, consumer_id, now)
@@ -99,8 +119,10 @@ class Consumers:
                 max_bytes: int | None = None) -> Batch:
         """Take up to `limit` messages (and `max_bytes` of text, at least one message) and move
         the position past them, waiting up to `wait`."""
-        topic_id = self._check(topic, consumer_id)
-        return self._wait_for(topic_id, consumer_id, wait, lambda: self.db.dialect.take(
+        topic_id = self.check(topic, consumer_id)
+        with self.db.transaction() as conn:
+            refuse_leased(conn, consumer_id)
+        return self.wait_for(topic_id, consumer_id, wait, lambda: self.db.dialect.take(
             self.db, topic_id, consumer_id, limit, max_bytes))
 
     @retry_stale_topic
@@ -110,7 +132,7 @@ class Consumers:
         """Read up to `limit` messages (and `max_bytes` of text, at least one) from `offset`
         (default: where `start` is now, as on register, else the position) without moving
         the position."""
-        topic_id = self._check(topic, consumer_id)
+        topic_id = self.check(topic, consumer_id)
         position = 0
         if offset is None and start is not None:
             with self.db.transaction() as conn:
@@ -121,43 +143,45 @@ class Consumers:
         def read() -> Batch:
             nonlocal position
             with self.db.transaction() as conn:
+                refuse_leased(conn, consumer_id)
                 position = reads.position(conn, consumer_id)
                 start = position if offset is None else offset
                 found = reads.messages(conn, topic_id, start, limit, max_bytes)
             return Batch(found, found[0].offset - start if found else 0)
 
-        batch = self._wait_for(topic_id, consumer_id, wait, read)
+        batch = self.wait_for(topic_id, consumer_id, wait, read)
         return batch, position
 
     @retry_stale_topic
     def commit(self, topic: str, consumer_id: int, offset: int) -> int:
         """Move the position forward to `offset` (the next to read); never backward."""
-        topic_id = self._check(topic, consumer_id)
+        topic_id = self.check(topic, consumer_id)
         with self.db.transaction(write=True) as conn:
             bounds = conn.execute(q.SELECT_TOPIC_BOUNDS, {"topic": topic_id}).first()
             if bounds is None:
                 self.caches.topic_gone(topic)
             if offset > bounds[1]:
                 raise BadRequest(f"offset {offset} is past the end of the topic ({bounds[1]})")
+            refuse_leased(conn, consumer_id)
             conn.execute(q.ADVANCE_CONSUMER_POSITION, {"position": offset, "id": consumer_id})
             return reads.position(conn, consumer_id)
 
     @retry_stale_topic
     def size(self, topic: str, consumer_id: int) -> int:
         """How many messages wait at or after the position."""
-        self._check(topic, consumer_id)
+        self.check(topic, consumer_id)
         with self.db.transaction() as conn:
             position, first, next_offset = reads.lag(conn, consumer_id)
         return max(0, next_offset - max(position, first))
 
-    def _wait_for(self, topic_id: int, consumer_id: int, wait: float,
-                  attempt: Callable[[], Batch]) -> Batch:
+    def wait_for(self, topic_id: int, consumer_id: int, wait: float,
+                 attempt: Callable[[], F]) -> F:
         """`_poll`, holding a long-poll slot (wakeups.py) for the wait, or not waiting."""
         with self.wakeups.slot(wait) as allowed:
             return self._poll(topic_id, consumer_id, allowed, attempt)
 
     def _poll(self, topic_id: int, consumer_id: int, wait: float,
-              attempt: Callable[[], Batch]) -> Batch:
+              attempt: Callable[[], F]) -> F:
         """`attempt()` until it finds messages or `wait` seconds pass. Between attempts, wait
         for a wake-up, or at most the re-check interval."""
         deadline = time.monotonic() + wait

@@ -86,13 +86,16 @@ def configure_engine(engine: Engine) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the tables once (one broker at a time) and record the version."""
+    """Create the missing tables once (one broker at a time) and record the version."""
     dialect = dialect_for(engine)
     with translate_errors(dialect), engine.begin() as conn:
         dialect.lock_schema(conn)
         metadata.create_all(conn)
-        if conn.execute(schema_version.select()).first() is None:
+        recorded = conn.execute(schema_version.select()).scalar()
+        if recorded is None:
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+        elif recorded < SCHEMA_VERSION:  # every change so far is a new table, made above
+            conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
 
 
 def max_connections(engine: Engine) -> int | None:

@@ -48,6 +48,7 @@ class Dialect:
     name: ClassVar[str]
     default_workers: ClassVar[int]  # gunicorn workers `lq broker` starts unless told
     lock_topic_counter: ClassVar[TextClause]  # read a topic's next offset, locked for append
+    lock_consumer: ClassVar[TextClause]  # read a dispatch cursor, locked to hand out a lease
     timeout: float | None = None  # the longest a block of database work may take
 
     def connect_args(self, url: str) -> dict[str, Any]:
@@ -110,6 +111,7 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     default_workers = 1  # one writer per file
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_SQLITE
+    lock_consumer = q.LOCK_CONSUMER_SQLITE
 
     def __init__(self) -> None:
         self._unique_columns = _unique_columns()
@@ -177,6 +179,7 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     default_workers = 2
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_PG
+    lock_consumer = q.LOCK_CONSUMER_PG
 
     def __init__(self) -> None:
         self.timeout = db_timeout()

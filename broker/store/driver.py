@@ -17,6 +17,7 @@ from ..errors import TokenExists, TopicExists, Unavailable
 from ..models import (
     CONSUMER_ID_KEY,
     CONSUMER_NAME_KEY,
+    LEASE_ID_KEY,
     PRODUCER_ID_KEY,
     TOKEN_NAME_KEY,
     TOPIC_NAME_KEY,
@@ -43,6 +44,7 @@ UNIQUE_ERRORS: dict[str, Callable[[Mapping[str, Any]], Exception]] = {
     CONSUMER_ID_KEY: lambda p: IdTaken(f"consumer id {p.get('id')} is taken"),
     CONSUMER_NAME_KEY: lambda p: NameTaken(f"consumer name {p.get('name')!r} is taken"),
     TOKEN_NAME_KEY: lambda p: TokenExists(f"a token named {p.get('name')!r} exists already"),
+    LEASE_ID_KEY: lambda p: IdTaken(f"lease id {p.get('id')} is taken"),
 }
 
 UNANSWERED = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,

@@ -1,4 +1,5 @@
-"""Pruning: retention over every topic, then idle unnamed consumers past their TTL.
+"""Pruning: retention over every topic, then idle unnamed consumers past their TTL (and the
+leases of registrations that are gone).
 
 Each round is bounded (PRUNE_BATCH messages per topic and transaction), so it never holds a
 lock an append needs for long; broker/retention.py runs rounds in the background. On
@@ -12,6 +13,7 @@ from .database import Database
 from .records import now_us
 
 PRUNE_BATCH = 10_000  # messages deleted per pruning transaction
+HOLDERS_KEPT_US = 3600 * 1_000_000  # lease holders not seen for an hour are forgotten
 
 
 class Pruner:
@@ -28,10 +30,12 @@ class Pruner:
 
     def _housekeeping(self) -> int:
         pruned = self._prune_topics()
-        if self.consumer_ttl_ms:
-            with self.db.transaction(write=True) as conn:
+        with self.db.transaction(write=True) as conn:
+            if self.consumer_ttl_ms:
                 conn.execute(q.EXPIRE_CONSUMERS,
                              {"cutoff": now_us() - self.consumer_ttl_ms * 1000})
+            conn.execute(q.DELETE_ORPHAN_LEASES)
+            conn.execute(q.PRUNE_HOLDERS, {"cutoff": now_us() - HOLDERS_KEPT_US})
         return pruned
 
     def _prune_topics(self) -> int:

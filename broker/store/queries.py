@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, text
 
+# A registration's position: the first offset of its oldest outstanding lease, else its
+# `position` column (with leases, the dispatch cursor). `c` is the lq_consumers row.
+POSITION_OF_C = ("COALESCE((SELECT MIN(l.first_offset) FROM lq_leases l "
+                 "WHERE l.consumer_id = c.id), c.position)")
+
 # --- topics ------------------------------------------------------------------------------------
 INSERT_TOPIC = text(
     "INSERT INTO lq_topics (name, next_offset, first_offset, created_us, retention_ms, "
@@ -30,19 +35,30 @@ SET_TOPIC_RETENTION = text(
 SELECT_TOPIC = text(
     "SELECT name, first_offset, next_offset, retention_ms, retention_messages, created_us "
     "FROM lq_topics WHERE id = :topic")
+# Per registration: name, position, last activity, leases outstanding, holders seen since.
+_REGISTRATION = (
+    f"c.name, {POSITION_OF_C}, c.active_us, "
+    "(SELECT COUNT(*) FROM lq_leases l WHERE l.consumer_id = c.id), "
+    "(SELECT COUNT(*) FROM lq_holders h WHERE h.consumer_id = c.id AND h.seen_us >= :since)")
 SELECT_TOPIC_CONSUMERS = text(
-    "SELECT name, position FROM lq_consumers WHERE topic_id = :topic ORDER BY created_us")
+    f"SELECT {_REGISTRATION} FROM lq_consumers c WHERE c.topic_id = :topic "
+    "ORDER BY c.created_us")
+SELECT_REGISTRATIONS = text(  # every topic's, for /stats
+    f"SELECT t.name, {_REGISTRATION} FROM lq_consumers c JOIN lq_topics t ON t.id = c.topic_id "
+    "WHERE c.active_us >= :active_since ORDER BY c.topic_id, c.created_us")
 COUNT_TOPIC_PRODUCERS = text("SELECT COUNT(*) FROM lq_producers WHERE topic_id = :topic")
 DELETE_TOPIC = (
     text("DELETE FROM lq_messages WHERE topic_id = :topic"),
     text("DELETE FROM lq_producers WHERE topic_id = :topic"),
+    text("DELETE FROM lq_leases WHERE topic_id = :topic"),
     text("DELETE FROM lq_consumers WHERE topic_id = :topic"),
     text("DELETE FROM lq_topics WHERE id = :topic"),
 )
 SELECT_STATS = text(
     "SELECT t.name, t.first_offset, t.next_offset, COUNT(c.id), "
     "       COALESCE(MAX(CASE WHEN c.id IS NULL THEN 0 "
-    "                         WHEN c.position > t.first_offset THEN t.next_offset - c.position "
+    f"                         WHEN {POSITION_OF_C} > t.first_offset "
+    f"                         THEN t.next_offset - {POSITION_OF_C} "
     "                         ELSE t.next_offset - t.first_offset END), 0) "
     "FROM lq_topics t LEFT JOIN lq_consumers c ON c.topic_id = t.id "
     "GROUP BY t.id, t.name, t.first_offset, t.next_offset ORDER BY t.id")
@@ -85,7 +101,7 @@ SELECT_CONSUMER_TOPIC = text("SELECT topic_id FROM lq_consumers WHERE id = :id")
 SELECT_NAMED_CONSUMER = text(
     "SELECT id FROM lq_consumers WHERE topic_id = :topic AND name = :name")
 SELECT_CONSUMER_LAG = text(
-    "SELECT c.position, t.first_offset, t.next_offset FROM lq_consumers c "
+    f"SELECT {POSITION_OF_C}, t.first_offset, t.next_offset FROM lq_consumers c "
     "JOIN lq_topics t ON t.id = c.topic_id WHERE c.id = :id")
 SET_CONSUMER_POSITION = text("UPDATE lq_consumers SET position = :position WHERE id = :id")
 ADVANCE_CONSUMER_POSITION = text(
@@ -116,6 +132,43 @@ TAKE_MESSAGES_PG = text(
     "          WHERE id = :id AND EXISTS (SELECT 1 FROM taken)) "
     "SELECT msg_offset, body, ts_us, (SELECT position FROM cur) FROM taken "
     "ORDER BY msg_offset")
+
+# --- leases (consumer groups) ------------------------------------------------------------------
+LOCK_CONSUMER_PG = text("SELECT position FROM lq_consumers WHERE id = :id FOR UPDATE")
+LOCK_CONSUMER_SQLITE = text(  # the write transaction's BEGIN IMMEDIATE is the lock
+    "SELECT position FROM lq_consumers WHERE id = :id")
+# Whether a hand-out may find work, read without a write lock: the dispatch cursor, the
+# topic's end, and when the soonest lease expires.
+SELECT_LEASE_WORK = text(
+    "SELECT c.position, t.next_offset, "
+    "       (SELECT MIN(l.expires_us) FROM lq_leases l WHERE l.consumer_id = c.id) "
+    "FROM lq_consumers c JOIN lq_topics t ON t.id = c.topic_id WHERE c.id = :id")
+SELECT_EXPIRED_LEASE = text(
+    "SELECT id, first_offset, last_offset, deliveries FROM lq_leases "
+    "WHERE consumer_id = :consumer AND expires_us <= :now ORDER BY first_offset LIMIT 1")
+# Taken for a redelivery only while still expired: an extend that committed first keeps it.
+TAKE_EXPIRED_LEASE = text("DELETE FROM lq_leases WHERE id = :lease AND expires_us <= :now")
+INSERT_LEASE = text(
+    "INSERT INTO lq_leases (id, consumer_id, topic_id, first_offset, last_offset, expires_us, "
+    "deliveries, holder, leased_us) VALUES (:id, :consumer, :topic, :first, :last, :expires, "
+    ":deliveries, :holder, :now)")
+ACK_LEASE = text("DELETE FROM lq_leases WHERE id = :lease AND consumer_id = :consumer")
+EXTEND_LEASE = text(
+    "UPDATE lq_leases SET expires_us = :expires WHERE id = :lease AND consumer_id = :consumer "
+    "RETURNING first_offset, last_offset, deliveries")
+RELEASE_LEASE = text(
+    "UPDATE lq_leases SET expires_us = 0 WHERE id = :lease AND consumer_id = :consumer")
+SEEN_HOLDER = text(
+    "INSERT INTO lq_holders (consumer_id, holder, seen_us) VALUES (:consumer, :holder, :now) "
+    "ON CONFLICT (consumer_id, holder) DO UPDATE SET seen_us = excluded.seen_us")
+PRUNE_HOLDERS = text(
+    "DELETE FROM lq_holders WHERE seen_us < :cutoff OR NOT EXISTS "
+    "(SELECT 1 FROM lq_consumers c WHERE c.id = lq_holders.consumer_id)")
+HAS_LEASES = text("SELECT 1 FROM lq_leases WHERE consumer_id = :consumer LIMIT 1")
+DELETE_CONSUMER_LEASES = text("DELETE FROM lq_leases WHERE consumer_id = :consumer")
+DELETE_ORPHAN_LEASES = text(  # of registrations unregistered or expired
+    "DELETE FROM lq_leases WHERE NOT EXISTS "
+    "(SELECT 1 FROM lq_consumers c WHERE c.id = lq_leases.consumer_id)")
 
 # --- messages ----------------------------------------------------------------------------------
 SELECT_MESSAGES = text(

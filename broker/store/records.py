@@ -13,6 +13,7 @@ from typing import NamedTuple
 from ..errors import BrokerError
 
 MAX_ID = 2**53
+HOLDERS_WINDOW_US = 60_000_000  # "holders seen in the last minute"
 
 
 class Message(NamedTuple):
@@ -58,10 +59,31 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    id: int
+    first: int
+    last: int
+    expires_us: int
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedBatch:
+    """A lease and its messages, or no lease (and no messages) when there was no work."""
+
+    lease: LeaseInfo | None
+    messages: list[Message]
+    skipped: int = 0  # messages of the range (or before it) pruned by retention
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumerInfo:
     name: str | None
     position: int
     lag: int
+    active_us: int | None = None  # last use, to within TOUCH_EVERY_MAX (consumers.py)
+    leases: int = 0  # outstanding
+    holders: int = 0  # seen asking for leases in the last HOLDERS_WINDOW_US
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +105,7 @@ class TopicStats:
     next_offset: int
     consumers: int
     max_lag: int
+    registrations: tuple[ConsumerInfo, ...] = ()
 
     @property
     def messages(self) -> int:

@@ -9,7 +9,7 @@ from ..wakeups import Wakeups
 from . import queries as q
 from .caches import Caches, retry_stale_topic
 from .database import Database
-from .records import ConsumerInfo, TopicInfo, TopicStats, now_us
+from .records import HOLDERS_WINDOW_US, ConsumerInfo, TopicInfo, TopicStats, now_us
 
 
 class Topics:
@@ -64,12 +64,13 @@ class Topics:
             row = conn.execute(q.SELECT_TOPIC, {"topic": topic_id}).first()
             if row is None:
                 self.caches.topic_gone(name)
-            consumers = conn.execute(q.SELECT_TOPIC_CONSUMERS, {"topic": topic_id}).all()
+            consumers = conn.execute(q.SELECT_TOPIC_CONSUMERS, {
+                "topic": topic_id, "since": now_us() - HOLDERS_WINDOW_US}).all()
             producers = conn.execute(q.COUNT_TOPIC_PRODUCERS, {"topic": topic_id}).scalar_one()
         _, first, next_offset, retention_ms, retention_messages, created_us = row
         return TopicInfo(name, first, next_offset, retention_ms, retention_messages, created_us,
-                         producers, [ConsumerInfo(n, p, next_offset - max(p, first))
-                                     for n, p in consumers])
+                         producers, [_registration(row, first, next_offset)
+                                     for row in consumers])
 
     @retry_stale_topic
     def delete(self, name: str) -> None:
@@ -87,5 +88,20 @@ class Topics:
             return [row[0] for row in conn.execute(q.SELECT_TOPIC_NAMES)]
 
     def stats(self) -> list[TopicStats]:
+        """Every topic's counts, and its registrations."""
         with self.db.transaction() as conn:
-            return [TopicStats(*row) for row in conn.execute(q.SELECT_STATS)]
+            topics = conn.execute(q.SELECT_STATS).all()
+            rows = conn.execute(q.SELECT_REGISTRATIONS, {
+                "since": now_us() - HOLDERS_WINDOW_US, "active_since": 0}).all()
+        by_topic: dict[str, list[tuple]] = {}
+        for name, *row in rows:
+            by_topic.setdefault(name, []).append(row)
+        return [TopicStats(name, first, next_offset, *counts, registrations=tuple(
+                    _registration(r, first, next_offset) for r in by_topic.get(name, ())))
+                for name, first, next_offset, *counts in topics]
+
+
+def _registration(row: tuple, first: int, next_offset: int) -> ConsumerInfo:
+    name, position, active_us, leases, holders = row
+    return ConsumerInfo(name, position, next_offset - max(position, first), active_us, leases,
+                        holders)
