@@ -137,8 +137,7 @@ class Sender:
         if self.client is None:
             s = self.settings
             self.client = Client(list(s.urls), token=s.token, verify=s.verify,
-                                 retries=len(s.urls) - 1,
-                                 connect_timeout=min(3.05, s.timeout),
+                                 retries=len(s.urls) - 1, connect_timeout=min(3.05, s.timeout),
                                  read_timeout=max(s.timeout, 1.0), backoff=0.05,
                                  backoff_max=0.5)
         return self.client.producer()
