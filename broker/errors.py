@@ -70,6 +70,20 @@ class Unavailable(BrokerError):
     code = "unavailable"
 
 
+class UnsupportedMediaType(BrokerError):
+    """A Content-Type the endpoint does not read (OTLP: protobuf or JSON)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotInstalled(BrokerError):
+    """An optional feature whose extra is not installed (`pip install 'logqueue[otlp]'`)."""
+
+    status = 501
+    code = "not_installed"
+
+
 class UnsupportedEncoding(BrokerError):
     """A Content-Encoding the broker cannot decode."""
 

@@ -29,7 +29,15 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 
 from . import auth, metrics, wire
-from .errors import BadRequest, BrokerError, NotRegistered, TooLarge, UnknownId, UnknownTopic
+from .errors import (
+    BadRequest,
+    NotInstalled,
+    NotRegistered,
+    TooLarge,
+    UnknownId,
+    UnknownTopic,
+    UnsupportedMediaType,
+)
 from .schemas import storable_sizes
 from .store import AppendRequest, Store, get_store
 
@@ -54,16 +62,6 @@ _RECORD_FIELDS = {"exception.stacktrace": "exception", "code.filepath": "pathnam
                   "code.function.name": "function", "thread.id": "thread",
                   "thread.name": "thread_name"}
 _RESOURCE_FIELDS = {"service.name": "service", "host.name": "host", "process.pid": "process"}
-
-
-class NotInstalled(BrokerError):
-    status = 501
-    code = "not_installed"
-
-
-class UnsupportedMediaType(BrokerError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def init_app(app: Flask) -> None:
