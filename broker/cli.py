@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy.exc import ArgumentError
 
-from .dburl import displayed, host_count, standby_warning
+from .dburl import displayed, host_count
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -72,6 +72,7 @@ def _prepare_database(app: Flask, workers: int | None, threads: int, pool: int) 
     from .errors import Unavailable
     from .models import db
     from .store import create_schema, default_workers, max_connections
+    from .store.replication import standby_warning
 
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     with app.app_context():

@@ -17,9 +17,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from sqlalchemy import text
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
 
 _POSTGRES = re.compile(r"^(postgres|postgresql)(\+\w+)?://", re.IGNORECASE)
 _PASSWORD = re.compile(r"^(\w[\w+.-]*://[^:/@]*:)[^@]*@")
@@ -99,37 +97,6 @@ def displayed(url: str | None) -> str:
         return unquote(make_url(url).render_as_string(hide_password=True))
     except Exception:  # noqa: BLE001 - any URL SQLAlchemy refuses: mask by pattern instead
         return _PASSWORD.sub(r"\1***@", url)
-
-
-def standby_warning(engine: Engine, hosts: int) -> str | None:
-    """Why writes acknowledged by this primary could be lost at a failover, or None.
-
-    Only for a URL naming several hosts (a failover is planned): without a synchronous
-    standby a commit is acknowledged once it is on the primary alone. Read-only checks:
-    `synchronous_standby_names` and `synchronous_commit` as this role sees them, and
-    whether a standby is attached as `sync`/`quorum` now (when the role may see that).
-    """
-    if hosts < 2 or engine.dialect.name != "postgresql":
-        return None
-    try:
-        with engine.connect() as conn:
-            names = conn.execute(text("SHOW synchronous_standby_names")).scalar_one()
-            commit = conn.execute(text("SHOW synchronous_commit")).scalar_one()
-            states = conn.execute(text("SELECT sync_state FROM pg_stat_replication")).scalars()
-            attached = [state for state in states if state is not None]
-    except SQLAlchemyError as exc:
-        return f"cannot tell whether the database has a synchronous standby: {exc}"
-    if not names.strip():
-        return (f"the URL names {hosts} database hosts but the primary has no synchronous "
-                "standby (synchronous_standby_names is empty): a write acknowledged just "
-                "before a failover can be lost; see docs/operations.md")
-    if commit in ("off", "local"):
-        return (f"synchronous_commit is {commit!r}: commits do not wait for the standby, so a "
-                "write acknowledged just before a failover can be lost")
-    if attached and not any(state in ("sync", "quorum") for state in attached):
-        return (f"synchronous_standby_names is {names!r} but no attached standby is "
-                "synchronous: commits wait until one is")
-    return None
 
 
 def _split_authority(rest: str) -> tuple[str, str, str]:

@@ -192,6 +192,9 @@ LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
 LOCK_SCHEMA_PG = text("SELECT pg_advisory_xact_lock(:key)")
 SHOW_MAX_CONNECTIONS_PG = text("SHOW max_connections")
 PING = text("SELECT 1")
+SHOW_SYNC_STANDBY_NAMES_PG = text("SHOW synchronous_standby_names")
+SHOW_SYNC_COMMIT_PG = text("SHOW synchronous_commit")
+SELECT_REPLICA_STATES_PG = text("SELECT sync_state FROM pg_stat_replication")
 
 # --- tokens ------------------------------------------------------------------------------------
 INSERT_TOKEN = text(
