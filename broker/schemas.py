@@ -281,6 +281,54 @@ class Stats(Reply):
     topics: list[TopicStatsOut]
 
 
+def _idle_bound(value: Any) -> Any:
+    """`active`: a duration ('1h', '30m'); 0 or 'none' is no bound."""
+    from .retention import parse_duration_ms  # retention imports the store
+
+    if isinstance(value, str):
+        return parse_duration_ms(value) or None
+    raise ValueError("give a duration such as 1h or 30m")
+
+
+class StatsQuery(Request):
+    active: Annotated[int | None, BeforeValidator(_idle_bound),
+                      WithJsonSchema({"type": "string", "examples": ["1h", "30m"]})] = Field(
+        default=None, description="Only the registrations used within this long (e.g. 1h): "
+                                  "the others are left out of `registrations`, `consumers` "
+                                  "and `max_lag`.")
+
+
+class TailRequest(Request):
+    topic: TopicName = _topic
+    offset: Offset | None = Field(default=None, description="The first offset to read; "
+                                  "without it, the last `max` messages.")
+    max: Annotated[Integer, Field(ge=1, le=1000)] = 100
+    max_bytes: Annotated[Integer, Field(ge=1, le=16 * MiB)] = Field(
+        default=MiB, description="Message text a reply carries at most (UTF-8 bytes); always "
+                                 "at least one message.")
+
+
+class TopicTail(Reply):
+    messages: list[MessageOut]
+    first_offset: int = Field(description="The oldest message kept.")
+    next_offset: int = Field(description="The offset the next message will get.")
+
+
+class HistoryRequest(Request):
+    topic: TopicName = _topic
+    seconds: Annotated[Integer, Field(ge=1, le=300)] = 60
+
+
+class TopicHistory(Reply):
+    topic: str
+    start: str = Field(description="The start of the first second counted, ISO-8601 UTC.")
+    appends: list[int] = Field(description="Messages appended in each second, oldest first; "
+                                           "the last is the second under way.")
+    exact: bool = Field(description="False when the window held too many messages to count "
+                                    "each: then every second is estimated from a sample.")
+    next_offset: int
+
+
 class Health(Reply):
     database: str | None = Field(
         default=None, description="host:port of the PostgreSQL server the broker writes to "
