@@ -13,6 +13,7 @@ import click
 
 from sdk.cli.options import (
     CONTEXT,
+    CliError,
     client_options,
     handle_errors,
     make_client,
@@ -29,7 +30,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         try:
             parse_duration_ms(value)
         except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
+            raise CliError(f"--active: {exc}", 2) from None
     return value
 
 
