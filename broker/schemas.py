@@ -282,50 +282,42 @@ class Stats(Reply):
 
 
 def _idle_bound(value: Any) -> Any:
-    """`active`: a duration ('1h', '30m'); 0 or 'none' is no bound."""
+    """`active`: a duration ('1h'); 0 or 'none' is no bound."""
     from .retention import parse_duration_ms  # retention imports the store
 
-    if isinstance(value, str):
-        return parse_duration_ms(value) or None
-    raise ValueError("give a duration such as 1h or 30m")
+    if not isinstance(value, str):
+        raise ValueError("give a duration such as 1h or 30m")
+    return parse_duration_ms(value) or None
 
 
 class StatsQuery(Request):
-    active: Annotated[int | None, BeforeValidator(_idle_bound),
-                      WithJsonSchema({"type": "string", "examples": ["1h", "30m"]})] = Field(
-        default=None, description="Only the registrations used within this long (e.g. 1h): "
-                                  "the others are left out of `registrations`, `consumers` "
-                                  "and `max_lag`.")
+    active: Annotated[int | None, BeforeValidator(_idle_bound), WithJsonSchema(
+        {"type": "string", "examples": ["1h"]})] = Field(default=None, description=(
+            "Only registrations used within this long: the rest are left out of the counts."))
 
 
-class TailRequest(Request):
-    topic: TopicName = _topic
-    offset: Offset | None = Field(default=None, description="The first offset to read; "
-                                  "without it, the last `max` messages.")
+class TailRequest(TopicRef):
+    offset: Offset | None = Field(default=None, description="Default: the last `max` messages.")
     max: Annotated[Integer, Field(ge=1, le=1000)] = 100
     max_bytes: Annotated[Integer, Field(ge=1, le=16 * MiB)] = Field(
-        default=MiB, description="Message text a reply carries at most (UTF-8 bytes); always "
-                                 "at least one message.")
+        default=MiB, description="Message text a reply carries at most; at least one message.")
 
 
 class TopicTail(Reply):
     messages: list[MessageOut]
-    first_offset: int = Field(description="The oldest message kept.")
-    next_offset: int = Field(description="The offset the next message will get.")
+    first_offset: int
+    next_offset: int
 
 
-class HistoryRequest(Request):
-    topic: TopicName = _topic
+class HistoryRequest(TopicRef):
     seconds: Annotated[Integer, Field(ge=1, le=300)] = 60
 
 
 class TopicHistory(Reply):
     topic: str
-    start: str = Field(description="The start of the first second counted, ISO-8601 UTC.")
-    appends: list[int] = Field(description="Messages appended in each second, oldest first; "
-                                           "the last is the second under way.")
-    exact: bool = Field(description="False when the window held too many messages to count "
-                                    "each: then every second is estimated from a sample.")
+    start: str = Field(description="The first second's start, ISO-8601 UTC.")
+    appends: list[int] = Field(description="Appends per second, oldest first; the last: now.")
+    exact: bool = Field(description="False: estimated from a sample (a busy minute).")
     next_offset: int
 
 
