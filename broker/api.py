@@ -226,14 +226,34 @@ def release(req: s.LeaseRef) -> s.Done:
 
 
 # --- operations ------------------------------------------------------------------------------
-@endpoint("GET", "/stats", None, s.Stats)
-def stats() -> s.Stats:
-    """Per topic the token may read: messages, offsets, consumers, the largest lag (no ids)."""
+@endpoint("GET", "/stats", s.StatsQuery, s.Stats)
+def stats(req: s.StatsQuery) -> s.Stats:
+    """Per topic the token may read: messages, offsets, consumers, the largest lag, and each
+    registration's lag, leases, holders and last use (no ids); `active=1h` leaves out the
+    registrations idle longer."""
     return s.Stats(topics=[
         s.TopicStatsOut(topic=t.topic, messages=t.messages, first_offset=t.first_offset,
                         next_offset=t.next_offset, consumers=t.consumers, max_lag=t.max_lag,
                         registrations=[_consumer_out(c) for c in t.registrations])
-        for t in _store().topics.stats() if auth.readable(t.topic)])
+        for t in _store().topics.stats(req.active) if auth.readable(t.topic)])
+
+
+@endpoint("GET", "/topics/tail", s.TailRequest, s.TopicTail, scope="consume", compress=True)
+def tail(req: s.TailRequest) -> s.TopicTail:
+    """Read messages by offset (without one, the last `max`) with no registration: nothing
+    is registered and no consumer's position moves."""
+    found = _store().history.tail(req.topic, req.offset, req.max, req.max_bytes)
+    return s.TopicTail(messages=_messages(found.messages), first_offset=found.first_offset,
+                       next_offset=found.next_offset)
+
+
+@endpoint("GET", "/topics/history", s.HistoryRequest, s.TopicHistory, scope="consume")
+def history(req: s.HistoryRequest) -> s.TopicHistory:
+    """Messages appended in each of the last `seconds` seconds (default 60), from their append
+    times: what the web page's sparklines start from."""
+    found = _store().history.appends(req.topic, req.seconds)
+    return s.TopicHistory(topic=req.topic, start=iso_time(found.start_s * 1_000_000),
+                          appends=found.counts, exact=found.exact, next_offset=found.next_offset)
 
 
 @endpoint("GET", "/healthz", None, s.Health)

@@ -281,6 +281,46 @@ class Stats(Reply):
     topics: list[TopicStatsOut]
 
 
+def _idle_bound(value: Any) -> Any:
+    """`active`: a duration ('1h'); 0 or 'none' is no bound."""
+    from .retention import parse_duration_ms  # retention imports the store
+
+    if not isinstance(value, str):
+        raise ValueError("give a duration such as 1h or 30m")
+    return parse_duration_ms(value) or None
+
+
+class StatsQuery(Request):
+    active: Annotated[int | None, BeforeValidator(_idle_bound), WithJsonSchema(
+        {"type": "string", "examples": ["1h"]})] = Field(default=None, description=(
+            "Only registrations used within this long: the rest are left out of the counts."))
+
+
+class TailRequest(TopicRef):
+    offset: Offset | None = Field(default=None, description="Default: the last `max` messages.")
+    max: Annotated[Integer, Field(ge=1, le=1000)] = 100
+    max_bytes: Annotated[Integer, Field(ge=1, le=16 * MiB)] = Field(
+        default=MiB, description="Message text a reply carries at most; at least one message.")
+
+
+class TopicTail(Reply):
+    messages: list[MessageOut]
+    first_offset: int
+    next_offset: int
+
+
+class HistoryRequest(TopicRef):
+    seconds: Annotated[Integer, Field(ge=1, le=300)] = 60
+
+
+class TopicHistory(Reply):
+    topic: str
+    start: str = Field(description="The first second's start, ISO-8601 UTC.")
+    appends: list[int] = Field(description="Appends per second, oldest first; the last: now.")
+    exact: bool = Field(description="False: estimated from a sample (a busy minute).")
+    next_offset: int
+
+
 class Health(Reply):
     database: str | None = Field(
         default=None, description="host:port of the PostgreSQL server the broker writes to "

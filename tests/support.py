@@ -181,6 +181,19 @@ def drop_pg_database(url: str) -> None:
     conn.close()
 
 
+def execute_sql(db_url: str, statement: str, **params: Any) -> int:
+    """Run one statement on a broker's database (to set up what only time would make, e.g.
+    a registration idle for hours); the rows it changed."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg2://"))
+    try:
+        with engine.begin() as conn:
+            return conn.execute(sa.text(statement), params).rowcount
+    finally:
+        engine.dispose()
+
+
 class TopicReader:
     """Reads a topic from the start through one consumer registration, over raw HTTP (so a
     test of the client side does not trust the client side to read its result)."""

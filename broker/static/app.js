@@ -1,324 +1,254 @@
-// LogQueue web page: polls the broker's JSON endpoints and renders topics, rates and lag.
-// Plain JavaScript, no build step, no dependencies. Text goes into the page through
-// textContent only (consumer names are arbitrary strings).
-(() => {
-  "use strict";
+// LogQueue web page: polls the broker's JSON endpoints and renders topics, rates, consumer
+// registrations and a live tail. Plain JavaScript modules, no build step, no dependencies.
+// Text goes into the page through textContent only (topic and consumer names are arbitrary).
 
-  const TOKEN_KEY = "lq.token";       // sessionStorage: this tab only, gone when it closes
-  const HISTORY = 60;                 // samples of next_offset kept per topic
-  const MAX_DESCRIBED = 200;          // topics described per refresh (one request each)
-  const SVG_NS = "http://www.w3.org/2000/svg";
+import { $, Unauthorized, TOKEN_KEY, ago, decimal, duration, el, getJSON, num, rateText, token }
+  from "./lib.js";
+import { Rates, sparkline } from "./rates.js";
+import { Tail } from "./tail.js";
 
-  const $ = (id) => document.getElementById(id);
-  const refreshMs = Number(document.body.dataset.refreshMs) || 2000;
-  const samples = new Map();          // topic -> [{t: ms, next: next_offset}]
-  const fmt = new Intl.NumberFormat("en-US");
-  const fmtRate = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
+const MAX_DESCRIBED = 200;    // topics described (and their history asked for) per refresh
+const IDLE_AFTER = "1h";      // registrations unused longer are left out when asked
+const LIVE_MS = 90_000;       // last use within this: live (a registration is marked in use
+                              // at most every 30 s per broker process)
 
-  let timer = null;
-  let paused = false;
-  let busy = false;
-  let waitingForToken = false;
-  let status = null;                  // {database, version} once known
+const refreshMs = Number(document.body.dataset.refreshMs) || 2000;
+const rates = new Rates();
+const tail = new Tail();
 
-  class Unauthorized extends Error {}
+let timer = null;
+let paused = false;
+let busy = false;
+let again = false;            // asked to refresh while one ran: run again right after
+let waitingForToken = false;
+let status = null;            // {database, version} once known
 
-  // --- HTTP -------------------------------------------------------------------------------
-  const token = () => sessionStorage.getItem(TOKEN_KEY);
+// --- rendering ----------------------------------------------------------------------------
+const lagClass = (lag) => (lag === 0 ? "lag ok" : "lag behind");
 
-  async function getJSON(path, { auth = true } = {}) {
-    const headers = { Accept: "application/json" };
-    const t = token();
-    if (auth && t) headers.Authorization = `Bearer ${t}`;
-    const resp = await fetch(path, { headers, cache: "no-store" });
-    let body = null;
-    try { body = await resp.json(); } catch { /* not JSON: reported below */ }
-    if (resp.status === 401) throw new Unauthorized(body?.message || "unauthorized");
-    if (!resp.ok || !body || body.status !== "success") {
-      const err = new Error(body?.message || `${path}: HTTP ${resp.status}`);
-      err.status = resp.status;
-      err.code = body?.error;
-      throw err;
-    }
-    return body;
+function retentionText(d) {
+  const parts = [];
+  if (d?.retention_ms) parts.push(duration(d.retention_ms));
+  if (d?.retention_messages) parts.push(`${num(d.retention_messages)} msgs`);
+  return parts.join(" · ");
+}
+
+function rateCell(topic, now) {
+  const points = rates.points(topic);
+  const current = rates.current(topic);
+  const history = rates.history(topic);
+  const peak = points.length ? Math.max(...points.map((p) => p.rate)) : null;
+  const title = peak == null ? "no rate yet"
+    : `peak ${decimal(peak)} msg/s in the last minute` +
+      (history?.total != null ? ` · ${num(history.total)} appended in the minute before ` +
+        `the page opened${history.exact ? "" : " (estimated)"}` : "");
+  return el("td", { class: "rate", title, "data-history-total": history?.total ?? null },
+    el("span", { class: "rate-cell" }, sparkline(points, now),
+      el("span", { class: "rate-now", text: rateText(current) })));
+}
+
+function renderTopics(topics, described, now) {
+  const rows = topics.map((t, i) => {
+    const d = described[i];
+    const retention = retentionText(d);
+    return el("tr", { "data-topic": t.topic },
+      el("th", { scope: "row", class: "topic", text: t.topic }),
+      el("td", { class: "num messages", text: num(t.messages) }),
+      el("td", { class: "num offsets muted", text: `${num(t.first_offset)} / ${num(t.next_offset)}` }),
+      rateCell(t.topic, now),
+      el("td", { class: "num producers", text: d ? num(d.producers) : "–" }),
+      el("td", { class: "num consumers", text: num(t.consumers) }),
+      el("td", { class: `num max-lag ${lagClass(t.max_lag)}`, text: num(t.max_lag) }),
+      el("td", { class: retention ? "retention" : "retention muted",
+        title: retention ? null : "no limit on this topic (a broker-wide --retention applies if set)",
+        text: retention || "default" }));
+  });
+  $("topics").tBodies[0].replaceChildren(...rows);
+  $("topics-empty").hidden = topics.length > 0;
+}
+
+function consumerRow(t, c) {
+  const share = t.messages > 0 ? Math.min(1, c.lag / t.messages) : 0;
+  const bar = el("span", { class: "lagbar-fill" });
+  bar.style.width = `${(share * 100).toFixed(1)}%`;
+  const since = c.active ? Date.now() - Date.parse(c.active) : Infinity;
+  const state = since < LIVE_MS || c.holders > 0 ? "live" : "idle";
+  return el("tr", { "data-topic": t.topic, "data-consumer": c.name ?? "", "data-state": state },
+    el("td", { class: "topic", text: t.topic }),
+    el("td", { class: c.name == null ? "name unnamed" : "name", text: c.name ?? "(unnamed)" }),
+    el("td", { class: "num position", text: num(c.position) }),
+    el("td", { class: `num lag ${lagClass(c.lag)}`, text: num(c.lag) }),
+    el("td", { class: "num leases", title: "leases outstanding", text: num(c.leases ?? 0) }),
+    el("td", { class: "num holders", title: "lease holders seen in the last minute",
+      text: num(c.holders ?? 0) }),
+    el("td", { class: "seen", title: c.active ? `last used ${c.active} (to within 30 s)` : null },
+      el("span", { class: "dot", "aria-hidden": "true" }),
+      el("span", { class: "ago", text: c.active ? `${ago(c.active)} ago` : "–" })),
+    el("td", { class: "lagbar-col", title: `${(share * 100).toFixed(0)}% of the kept messages` },
+      el("span", { class: "lagbar" }, bar)));
+}
+
+function renderConsumers(topics) {
+  const rows = [];
+  for (const t of topics) {
+    const regs = [...(t.registrations ?? [])].sort((a, b) => b.lag - a.lag);
+    for (const c of regs) rows.push(consumerRow(t, c));
   }
+  $("consumers").tBodies[0].replaceChildren(...rows);
+  $("consumers-empty").hidden = rows.length > 0;
+}
 
-  // --- formatting -------------------------------------------------------------------------
-  const num = (n) => fmt.format(n);
-
-  function rateText(r) {
-    if (r == null) return "–";
-    return `${fmtRate.format(r)}/s`;
+function renderSummary(topics, described) {
+  let messages = 0, consumers = 0, lag = 0, rate = 0, known = false;
+  for (const t of topics) {
+    messages += t.messages;
+    consumers += t.consumers;
+    lag = Math.max(lag, t.max_lag);
+    const r = rates.current(t.topic);
+    if (r != null) { rate += r; known = true; }
   }
+  $("sum-topics").textContent = num(topics.length);
+  $("sum-messages").textContent = num(messages);
+  $("sum-rate").textContent = known ? rateText(rate) : "–";
+  $("sum-consumers").textContent = num(consumers);
+  $("sum-lag").textContent = num(lag);
+  $("sum-consumers").title = described.length < topics.length
+    ? `details for the first ${described.length} topics only` : "";
+}
 
-  function duration(ms) {
-    const units = [["d", 86400000], ["h", 3600000], ["m", 60000], ["s", 1000]];
-    for (const [unit, size] of units) {
-      if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-    }
-    for (const [unit, size] of units) {
-      if (ms >= size) return `${fmtRate.format(ms / size)}${unit}`;
-    }
-    return `${ms}ms`;
+function setHealth(state, text) {
+  $("health").dataset.state = state;
+  $("health-text").textContent = text;
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+  if (message) $("loading").hidden = true;
+}
+
+// --- the loop -------------------------------------------------------------------------------
+async function checkHealth() {
+  try {
+    await getJSON("/healthz", { auth: false });
+  } catch (err) {
+    setHealth("down", err.status === 503 ? "database unavailable" : "broker unreachable");
+    return;
   }
-
-  function retentionText(d) {
-    const parts = [];
-    if (d?.retention_ms) parts.push(duration(d.retention_ms));
-    if (d?.retention_messages) parts.push(`${num(d.retention_messages)} msgs`);
-    return parts.join(" · ");
+  if (!status) {
+    try { status = await getJSON("/status"); } catch { /* needs the token: later */ }
   }
+  setHealth("ok", status ? `healthy · ${status.database} · v${status.version}` : "healthy");
+}
 
-  function el(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs)) {
-      if (value == null || value === false) continue;
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = value;
-      else if (key.startsWith("data-") || key === "title" || key === "scope") {
-        node.setAttribute(key, value);
-      } else node[key] = value;
-    }
-    for (const child of children) if (child != null) node.append(child);
-    return node;
+async function describe(topic) {
+  try {
+    return await getJSON("/topics/describe", { params: { topic } });
+  } catch (err) {
+    if (err instanceof Unauthorized) throw err;
+    return null;                    // e.g. deleted between /stats and now
   }
+}
 
-  // --- produce rates from successive next_offset values ------------------------------------
-  function record(topic, next, now) {
-    let list = samples.get(topic);
-    if (!list || (list.length && next < list[list.length - 1].next)) {
-      list = [];                      // new topic, or deleted and created again
-      samples.set(topic, list);
-    }
-    list.push({ t: now, next });
-    if (list.length > HISTORY + 1) list.splice(0, list.length - HISTORY - 1);
+async function loadHistory(topic) {
+  try {
+    rates.seed(topic, await getJSON("/topics/history", { params: { topic } }), performance.now());
+  } catch (err) {
+    if (err instanceof Unauthorized) throw err;
+    rates.noHistory(topic);         // an older broker, or the topic deleted meanwhile
   }
+}
 
-  function rates(topic) {
-    const list = samples.get(topic) || [];
-    const out = [];
-    for (let i = 1; i < list.length; i++) {
-      const dt = (list[i].t - list[i - 1].t) / 1000;
-      if (dt > 0) out.push((list[i].next - list[i - 1].next) / dt);
-    }
-    return out;
-  }
-
-  function sparkline(values) {
-    const w = 120, h = 28, pad = 2;
-    const svg = document.createElementNS(SVG_NS, "svg");
-    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
-    svg.setAttribute("width", w);
-    svg.setAttribute("height", h);
-    svg.setAttribute("class", "spark");
-    svg.setAttribute("aria-hidden", "true");
-    const base = document.createElementNS(SVG_NS, "line");
-    base.setAttribute("x1", 0); base.setAttribute("x2", w);
-    base.setAttribute("y1", h - pad); base.setAttribute("y2", h - pad);
-    base.setAttribute("class", "spark-base");
-    svg.append(base);
-    if (values.length < 2) return svg;
-    const peak = Math.max(1, ...values);
-    const step = w / (HISTORY - 1);
-    const x0 = w - step * (values.length - 1);
-    const pts = values.map((v, i) => [x0 + i * step, h - pad - (v / peak) * (h - 2 * pad)]);
-    const line = pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
-    const area = document.createElementNS(SVG_NS, "polygon");
-    area.setAttribute("points", `${x0.toFixed(1)},${h - pad} ${line} ${w},${h - pad}`);
-    area.setAttribute("class", "spark-area");
-    const poly = document.createElementNS(SVG_NS, "polyline");
-    poly.setAttribute("points", line);
-    poly.setAttribute("class", "spark-line");
-    svg.append(area, poly);
-    return svg;
-  }
-
-  // --- rendering ----------------------------------------------------------------------------
-  function lagClass(lag) {
-    return lag === 0 ? "lag ok" : "lag behind";
-  }
-
-  function renderTopics(topics, described) {
-    const tbody = $("topics").tBodies[0];
-    const rows = topics.map((t, i) => {
-      const d = described[i];
-      const r = rates(t.topic);
-      const current = r.length ? r[r.length - 1] : null;
-      const peak = r.length ? Math.max(...r) : null;
-      const retention = retentionText(d);
-      return el("tr", { "data-topic": t.topic },
-        el("th", { scope: "row", class: "topic", text: t.topic }),
-        el("td", { class: "num messages", text: num(t.messages) }),
-        el("td", { class: "num offsets muted", text: `${num(t.first_offset)} / ${num(t.next_offset)}` }),
-        el("td", { class: "rate", title: peak == null ? "needs two samples"
-          : `peak ${fmtRate.format(peak)} msg/s over the last ${r.length} samples` },
-        el("span", { class: "rate-cell" }, sparkline(r),
-          el("span", { class: "rate-now", text: rateText(current) }))),
-        el("td", { class: "num producers", text: d ? num(d.producers) : "–" }),
-        el("td", { class: "num consumers", text: num(t.consumers) }),
-        el("td", { class: `num max-lag ${lagClass(t.max_lag)}`, text: num(t.max_lag) }),
-        el("td", { class: retention ? "retention" : "retention muted",
-          title: retention ? null : "no limit on this topic (a broker-wide --retention applies if set)",
-          text: retention || "default" }));
-    });
-    tbody.replaceChildren(...rows);
-    $("topics-empty").hidden = topics.length > 0;
-  }
-
-  function renderConsumers(topics, described) {
-    const tbody = $("consumers").tBodies[0];
-    const rows = [];
-    topics.forEach((t, i) => {
-      const d = described[i];
-      if (!d) return;
-      const consumers = [...d.consumers].sort((a, b) => b.lag - a.lag);
-      for (const c of consumers) {
-        const share = t.messages > 0 ? Math.min(1, c.lag / t.messages) : 0;
-        const bar = el("span", { class: "lagbar-fill" });
-        bar.style.width = `${(share * 100).toFixed(1)}%`;
-        rows.push(el("tr", { "data-topic": t.topic, "data-consumer": c.name ?? "" },
-          el("td", { class: "topic", text: t.topic }),
-          el("td", { class: c.name == null ? "name unnamed" : "name",
-            text: c.name ?? "(unnamed)" }),
-          el("td", { class: "num position", text: num(c.position) }),
-          el("td", { class: `num ${lagClass(c.lag)}`, text: num(c.lag) }),
-          el("td", { class: "lagbar-col", title: `${(share * 100).toFixed(0)}% of the kept messages` },
-            el("span", { class: "lagbar" }, bar))));
-      }
-    });
-    tbody.replaceChildren(...rows);
-    $("consumers-empty").hidden = rows.length > 0;
-  }
-
-  function renderSummary(topics, described) {
-    let messages = 0, consumers = 0, lag = 0, rate = 0, known = false;
-    for (const t of topics) {
-      messages += t.messages;
-      consumers += t.consumers;
-      lag = Math.max(lag, t.max_lag);
-      const r = rates(t.topic);
-      if (r.length) { rate += r[r.length - 1]; known = true; }
-    }
-    $("sum-topics").textContent = num(topics.length);
-    $("sum-messages").textContent = num(messages);
-    $("sum-rate").textContent = known ? rateText(rate) : "–";
-    $("sum-consumers").textContent = num(consumers);
-    $("sum-lag").textContent = num(lag);
-    if (described.length < topics.length) {
-      $("sum-consumers").title = `details for the first ${described.length} topics only`;
-    }
-  }
-
-  function setHealth(state, text) {
-    $("health").dataset.state = state;
-    $("health-text").textContent = text;
-  }
-
-  function showError(message) {
-    const box = $("error");
-    box.textContent = message || "";
-    box.hidden = !message;
-  }
-
-  // --- the loop -------------------------------------------------------------------------------
-  async function checkHealth() {
-    try {
-      await getJSON("/healthz", { auth: false });
-    } catch (err) {
-      setHealth("down", err.status === 503 ? "database unavailable" : "broker unreachable");
-      return;
-    }
-    if (!status) {
-      try { status = await getJSON("/status"); } catch { /* needs the token: later */ }
-    }
-    setHealth("ok", status ? `healthy · ${status.database} · v${status.version}` : "healthy");
-  }
-
-  async function describe(topic) {
-    try {
-      return await getJSON(`/topics/describe?topic=${encodeURIComponent(topic)}`);
-    } catch (err) {
-      if (err instanceof Unauthorized) throw err;
-      return null;                    // e.g. deleted between /stats and now
-    }
-  }
-
-  async function refresh() {
-    if (busy || waitingForToken) return;
-    busy = true;
-    clearTimeout(timer);
-    const health = checkHealth();
-    try {
-      const stats = await getJSON("/stats");
-      const now = performance.now();
-      const topics = stats.topics;
-      for (const t of topics) record(t.topic, t.next_offset, now);
-      for (const name of [...samples.keys()]) {
-        if (!topics.some((t) => t.topic === name)) samples.delete(name);
-      }
-      const described = await Promise.all(topics.slice(0, MAX_DESCRIBED).map((t) => describe(t.topic)));
-      renderTopics(topics, described);
-      renderConsumers(topics, described);
-      renderSummary(topics, described);
-      showError(null);
-      $("dashboard").hidden = false;
-      $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
-    } catch (err) {
-      if (err instanceof Unauthorized) {
-        askForToken(token() ? "That token was refused." : null);
-      } else {
-        showError(`Could not load the broker's data: ${err.message}`);
-      }
-    } finally {
-      await health;
-      busy = false;
-      schedule();
-    }
-  }
-
-  function schedule() {
-    clearTimeout(timer);
-    if (!paused && !waitingForToken) timer = setTimeout(refresh, refreshMs);
-  }
-
-  // --- token ----------------------------------------------------------------------------------
-  function askForToken(problem) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    status = null;
-    waitingForToken = true;
-    $("dashboard").hidden = true;
-    $("forget").hidden = true;
+async function refresh() {
+  if (waitingForToken) return;
+  if (busy) { again = true; return; }
+  busy = true;
+  again = false;
+  clearTimeout(timer);
+  const health = checkHealth();
+  try {
+    const stats = await getJSON("/stats", { params: $("hide-idle").checked ? { active: IDLE_AFTER } : null });
+    const topics = stats.topics;
+    const sampled = performance.now();
+    for (const t of topics) rates.sample(t.topic, t.next_offset, sampled);
+    rates.keep(topics.map((t) => t.topic));
+    tail.setTopics(topics.map((t) => t.topic));
+    const first = topics.slice(0, MAX_DESCRIBED);
+    const [described] = await Promise.all([
+      Promise.all(first.map((t) => describe(t.topic))),
+      Promise.all(first.filter((t) => rates.needsHistory(t.topic)).map((t) => loadHistory(t.topic))),
+      tail.poll(),
+    ]);
+    const now = performance.now();
+    renderTopics(topics, described, now);
+    renderConsumers(topics);
+    renderSummary(topics, described);
     showError(null);
-    $("login-error").textContent = problem || "";
-    $("login-error").hidden = !problem;
-    $("login").hidden = false;
-    $("token").focus();
+    $("loading").hidden = true;
+    $("dashboard").hidden = false;
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    if (err instanceof Unauthorized) askForToken(token() ? "That token was refused." : null);
+    else showError(`Could not load the broker's data: ${err.message}`);
+  } finally {
+    await health;
+    busy = false;
+    if (again) refresh(); else schedule();
   }
+}
 
-  $("login").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const value = $("token").value.trim();
-    if (!value) return;
-    sessionStorage.setItem(TOKEN_KEY, value);
-    $("token").value = "";
-    $("login").hidden = true;
-    $("forget").hidden = false;
-    waitingForToken = false;
-    refresh();
-  });
+function schedule() {
+  clearTimeout(timer);
+  if (!paused && !waitingForToken) timer = setTimeout(refresh, refreshMs);
+}
 
-  $("forget").addEventListener("click", () => {
-    samples.clear();
-    askForToken(null);
-  });
+tail.onError = (err) => {
+  if (err instanceof Unauthorized) askForToken("That token was refused.");
+  else $("tail-status").textContent = `Could not read the topic: ${err.message}`;
+};
 
-  $("pause").addEventListener("click", () => {
-    paused = !paused;
-    $("pause").textContent = paused ? "Resume" : "Pause";
-    $("pause").setAttribute("aria-pressed", String(paused));
-    if (paused) clearTimeout(timer); else refresh();
-  });
+// --- token ----------------------------------------------------------------------------------
+function askForToken(problem) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  status = null;
+  waitingForToken = true;
+  $("loading").hidden = true;
+  $("dashboard").hidden = true;
+  $("forget").hidden = true;
+  showError(null);
+  $("login-error").textContent = problem || "";
+  $("login-error").hidden = !problem;
+  $("login").hidden = false;
+  $("token").focus();
+}
 
-  $("forget").hidden = !token();
+$("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const value = $("token").value.trim();
+  if (!value) return;
+  sessionStorage.setItem(TOKEN_KEY, value);
+  $("token").value = "";
+  $("login").hidden = true;
+  $("forget").hidden = false;
+  $("loading").hidden = false;
+  waitingForToken = false;
   refresh();
-})();
+});
+
+$("forget").addEventListener("click", () => {
+  rates.clear();
+  tail.choose("");
+  askForToken(null);
+});
+
+$("pause").addEventListener("click", () => {
+  paused = !paused;
+  $("pause").textContent = paused ? "Resume" : "Pause";
+  $("pause").setAttribute("aria-pressed", String(paused));
+  if (paused) clearTimeout(timer); else refresh();
+});
+
+$("hide-idle").addEventListener("change", () => refresh());
+
+$("forget").hidden = !token();
+refresh();

@@ -8,7 +8,8 @@ One module per noun, as rq and procrastinate do:
 - ``database``: the engine, its dialect, transactions (a caller's connection may be joined);
 - ``caches``: topic ids and registrations, and the retry when a cached topic id is stale;
 - ``topics``, ``producers`` (appends, idempotence), ``consumers`` (positions, long-polls),
-  ``leases`` (consumer groups), ``pruning`` (retention): the nouns, each given what it needs;
+  ``leases`` (consumer groups), ``pruning`` (retention), ``history`` (reads of the past
+  without a registration: the web page's tail and rates): the nouns, each given what it needs;
 - ``records``: the plain records they hand back.
 
 `Store` puts them together for one app: ``get_store(app).producers.append(...)``.
@@ -25,6 +26,7 @@ from .caches import Caches
 from .consumers import Consumers
 from .database import Database, configure_engine, create_schema, default_workers, max_connections
 from .dialect import connect_args
+from .history import Appends, History, Tail
 from .leases import Leases
 from .producers import Producers
 from .pruning import Pruner
@@ -43,8 +45,9 @@ from .records import (
 from .tokens import TokenRecord, Tokens
 from .topics import Topics
 
-__all__ = ["AppendRequest", "AppendResult", "Batch", "ConsumerInfo", "LeaseInfo", "LeasedBatch",
-           "Message", "Store", "TokenRecord", "TopicInfo", "TopicStats", "configure_engine",
+__all__ = ["AppendRequest", "AppendResult", "Appends", "Batch", "ConsumerInfo", "LeaseInfo",
+           "LeasedBatch", "Message", "Store", "Tail", "TokenRecord", "TopicInfo", "TopicStats",
+           "configure_engine",
            "connect_args", "create_schema", "default_workers", "get_store", "init_app",
            "iso_time", "max_connections"]
 
@@ -81,6 +84,7 @@ class Store:
         self.leases = Leases(self.db, self.caches, self.consumers, appended)
         self.pruner = Pruner(self.db, default_retention_ms, consumer_ttl_ms)
         self.tokens = Tokens(self.db)
+        self.history = History(self.db, self.caches)
 
     def ping(self) -> str | None:
         return self.db.ping()

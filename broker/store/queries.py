@@ -54,14 +54,8 @@ DELETE_TOPIC = (
     text("DELETE FROM lq_consumers WHERE topic_id = :topic"),
     text("DELETE FROM lq_topics WHERE id = :topic"),
 )
-SELECT_STATS = text(
-    "SELECT t.name, t.first_offset, t.next_offset, COUNT(c.id), "
-    "       COALESCE(MAX(CASE WHEN c.id IS NULL THEN 0 "
-    f"                         WHEN {POSITION_OF_C} > t.first_offset "
-    f"                         THEN t.next_offset - {POSITION_OF_C} "
-    "                         ELSE t.next_offset - t.first_offset END), 0) "
-    "FROM lq_topics t LEFT JOIN lq_consumers c ON c.topic_id = t.id "
-    "GROUP BY t.id, t.name, t.first_offset, t.next_offset ORDER BY t.id")
+SELECT_STATS = text(  # the counts per registration come from SELECT_REGISTRATIONS
+    "SELECT name, first_offset, next_offset FROM lq_topics ORDER BY id")
 
 # --- retention ---------------------------------------------------------------------------------
 SELECT_RETAINED_TOPICS = text(
@@ -187,6 +181,18 @@ NOTIFY_CHANNEL = "lq_append"
 NOTIFY_TOPICS = text(
     "SELECT pg_notify(:channel, CAST(t AS text)) FROM unnest(CAST(:ids AS bigint[])) AS t")
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+
+# --- history: reads of the past without a registration (the web page) -----------------------
+# Appends per second over an offset range, from the messages' append times (a range scan on
+# the primary key, bounded by the caller).
+SELECT_APPENDS_PER_SECOND = text(
+    "SELECT ts_us / 1000000, COUNT(*) FROM lq_messages "
+    "WHERE topic_id = :topic AND msg_offset >= :start AND msg_offset < :stop "
+    "GROUP BY ts_us / 1000000")
+# The append times of chosen offsets: one primary-key probe each.
+SELECT_TIMES_AT = text(
+    "SELECT msg_offset, ts_us FROM lq_messages WHERE topic_id = :topic AND msg_offset IN :offsets"
+).bindparams(bindparam("offsets", expanding=True))
 
 # --- schema and health -------------------------------------------------------------------------
 LOCK_SCHEMA_PG = text("SELECT pg_advisory_xact_lock(:key)")

@@ -87,18 +87,25 @@ class Topics:
         with self.db.transaction() as conn:
             return [row[0] for row in conn.execute(q.SELECT_TOPIC_NAMES)]
 
-    def stats(self) -> list[TopicStats]:
-        """Every topic's counts, and its registrations."""
+    def stats(self, active_ms: int | None = None) -> list[TopicStats]:
+        """Every topic's counts, and its registrations. With `active_ms`, only the
+        registrations used within that long count (lag is not distorted by ones nobody
+        uses any more)."""
+        now = now_us()
+        active_since = max(0, now - active_ms * 1000) if active_ms else 0
         with self.db.transaction() as conn:
             topics = conn.execute(q.SELECT_STATS).all()
             rows = conn.execute(q.SELECT_REGISTRATIONS, {
-                "since": now_us() - HOLDERS_WINDOW_US, "active_since": 0}).all()
+                "since": now - HOLDERS_WINDOW_US, "active_since": active_since}).all()
         by_topic: dict[str, list[tuple]] = {}
         for name, *row in rows:
             by_topic.setdefault(name, []).append(row)
-        return [TopicStats(name, first, next_offset, *counts, registrations=tuple(
-                    _registration(r, first, next_offset) for r in by_topic.get(name, ())))
-                for name, first, next_offset, *counts in topics]
+        found = []
+        for name, first, next_offset in topics:
+            regs = tuple(_registration(r, first, next_offset) for r in by_topic.get(name, ()))
+            found.append(TopicStats(name, first, next_offset, len(regs),
+                                    max((r.lag for r in regs), default=0), regs))
+        return found
 
 
 def _registration(row: tuple, first: int, next_offset: int) -> ConsumerInfo:

@@ -7,11 +7,13 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import click
 
 from sdk.cli.options import (
     CONTEXT,
+    CliError,
     client_options,
     handle_errors,
     make_client,
@@ -19,6 +21,25 @@ from sdk.cli.options import (
     table,
 )
 from sdk.client import Client, parse_ts
+from sdk.contract import parse_duration_ms
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A duration such as 1h, checked before any request is made."""
+    if value is not None:
+        try:
+            parse_duration_ms(value)
+        except ValueError as exc:
+            raise CliError(f"--active: {exc}", 2) from None
+    return value
+
+
+class _Query(NamedTuple):
+    """What to ask and how to show it."""
+
+    as_json: bool
+    consumers: bool
+    active: str | None  # a duration: only registrations used within it
 
 
 @click.command("stats", context_settings=CONTEXT, epilog="""\b
@@ -27,6 +48,7 @@ Examples:
   lq stats --watch                  # redraw every 2 s until Ctrl-C
   lq stats --watch --interval 0.5
   lq stats --consumers              # and each consumer: lag, leases, holders, last active
+  lq stats -c --active 1h           # only the registrations used in the last hour
   lq stats --json | jq '.[] | select(.max_lag > 10000) | .topic'
 """)
 @click.option("-w", "--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
@@ -36,15 +58,19 @@ Examples:
 @click.option("-c", "--consumers", is_flag=True,
               help="Also each consumer registration: lag, leases outstanding, lease holders "
                    "seen in the last minute, last activity.")
+@click.option("--active", metavar="DURATION", callback=_duration,
+              help="Count only the consumer registrations used within DURATION (e.g. 1h): "
+                   "idle ones are left out of the consumers, the largest lag and --consumers.")
 @client_options
 @click.pass_context
 @handle_errors
 def stats_command(ctx: click.Context, watch: bool, interval: float, as_json: bool,
-                  consumers: bool) -> None:
+                  consumers: bool, active: str | None) -> None:
     """Show each topic's messages, consumers and largest consumer lag."""
     client = make_client(ctx)
+    view = _Query(as_json, consumers, active)
     if not watch:
-        click.echo(_stats_text(client, as_json, consumers))
+        click.echo(_stats_text(client, view))
         return
     on_sigterm_raise_interrupt()
     in_place = sys.stdout.isatty() and not as_json
@@ -52,27 +78,28 @@ def stats_command(ctx: click.Context, watch: bool, interval: float, as_json: boo
         click.echo("\x1b[H\x1b[2J", nl=False)
     try:
         while True:
-            _draw(client, as_json, in_place, consumers)
+            _draw(client, view, in_place)
             time.sleep(interval)
     except KeyboardInterrupt:
         if in_place:
             click.echo()
 
 
-def _draw(client: Client, as_json: bool, in_place: bool, consumers: bool) -> None:
-    text = _stats_text(client, as_json, consumers)
+def _draw(client: Client, view: _Query, in_place: bool) -> None:
+    text = _stats_text(client, view)
     if in_place:  # home, draw, clear what is left of the previous table
         stamp = time.strftime("%H:%M:%S")
         click.echo(f"\x1b[H{stamp}  {client.transport.url}  (Ctrl-C to stop)\x1b[K\n"
                    + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J", nl=False)
     else:
-        click.echo(text + ("" if as_json else "\n"))
+        click.echo(text + ("" if view.as_json else "\n"))
 
 
-def _stats_text(client: Client, as_json: bool, consumers: bool = False) -> str:
+def _stats_text(client: Client, view: _Query) -> str:
     # The raw reply: it also carries each topic's registrations, which Client.stats() leaves out.
-    stats = client.transport.get("/stats")["topics"]
-    if as_json:
+    params = {"active": view.active} if view.active else None
+    stats = client.transport.get("/stats", params)["topics"]
+    if view.as_json:
         return json.dumps([{"topic": t["topic"], "messages": t["messages"],
                             "first_offset": t["first_offset"], "next_offset": t["next_offset"],
                             "consumers": t["consumers"],
@@ -85,7 +112,7 @@ def _stats_text(client: Client, as_json: bool, consumers: bool = False) -> str:
          str(t["max_lag"]) if t["consumers"] else "-") for t in stats]
     lines = table(rows, right=(1, 2, 3))
     regs = [(t["topic"], r) for t in stats for r in t.get("registrations", [])]
-    if consumers and regs:
+    if view.consumers and regs:
         lines += ["", *table([("TOPIC", "CONSUMER", "LAG", "LEASES", "HOLDERS", "LAST_ACTIVE")] + [
             (topic, r.get("name") or "(unnamed)", str(r["lag"]), str(r.get("leases", 0)),
              str(r.get("holders", 0)), _ago(r.get("active"))) for topic, r in regs],
