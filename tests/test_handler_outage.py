@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import TopicReader, clean_env, wait_until
+from support import TopicReader, clean_env, messages, private_logger, wait_until
 
 from lq_logging import LogQueueHandler
 
@@ -124,19 +124,9 @@ def fill(disk: Path) -> None:
         os.close(fd)
 
 
-def messages(records: list[dict], prefix: str) -> list[str]:
-    return [r["message"] for r in records if r["message"].startswith(prefix)]
-
-
 @pytest.fixture
 def log() -> Iterator[logging.Logger]:
-    logger = logging.getLogger("test.outage")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    yield logger
-    for handler in logger.handlers[:]:
-        logger.removeHandler(handler)
-        handler.close()
+    yield from private_logger("test.outage")
 
 
 @pytest.mark.xfail(strict=False, reason="intermittent: once in about 25 runs no record sent "
