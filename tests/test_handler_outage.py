@@ -3,7 +3,8 @@
 A 30 s broker outage under steady logging is caught up within seconds, every record once
 and in order, from a spool of large batches; a spool on a full file system never stops the
 handler: it keeps working from memory (counting what it sheds), sends when the broker
-answers, and a new process still delivers a spool it finds on a full disk.
+answers, and a new process still delivers a spool it finds on a full disk, even one whose
+batches were spooled before any producer id was given.
 """
 
 from __future__ import annotations
@@ -124,6 +125,29 @@ def fill(disk: Path) -> None:
         os.close(fd)
 
 
+def fill_last_blocks(spool_dir: Path) -> None:
+    """Pad each spool file in ``spool_dir`` to whole blocks of its file system with a blank
+    line (a reader skips it), so no later line fits in the slack of its last block: the
+    disk is then full for the spool file too, not only for new files."""
+    block = os.statvfs(spool_dir).f_bsize
+    for path in spool_dir.glob("*.spool"):
+        gap = -path.stat().st_size % block
+        if gap:
+            with path.open("ab") as out:
+                out.write(b" " * (gap - 1) + b"\n")
+
+
+def spooled_seqs(spool_dir: Path) -> list[int | None]:
+    """The seq of each batch in the spool files of ``spool_dir`` (None: not given yet)."""
+    return [json.loads(line)["s"] for path in spool_dir.glob("*.spool")
+            for line in path.read_bytes().splitlines() if line.startswith(b'{"op":"b"')]
+
+
+def numbered(records: list[dict], prefix: str) -> list[int]:
+    """The numbers of the records whose message is ``prefix`` and a number (and more)."""
+    return [int(m.split()[1]) for m in messages(records, prefix)]
+
+
 @pytest.fixture
 def log() -> Iterator[logging.Logger]:
     yield from private_logger("test.outage")
@@ -174,19 +198,19 @@ def test_a_full_spool_disk_never_stops_the_handler(start_broker, tmp_path: Path,
 FULL_APP = textwrap.dedent("""
     import logging, sys, time
     from lq_logging import LogQueueHandler
-    url, spool = sys.argv[1], sys.argv[2]
+    url, spool, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
     handler = LogQueueHandler(url=url, topic="adopted", spool_dir=spool, batch_size=20,
                               flush_interval=0.05)
     log = logging.getLogger("adopted")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    for n in range(2):  # the second waits for the first: the handler registered meanwhile
+    for n in range(first):  # each waits for the one before: the handler registered meanwhile
         log.info("c %d", n)
         while handler.stats()["sent"] < n + 1:
             time.sleep(0.01)
     print("SENT", flush=True)
     sys.stdin.readline()  # the broker is stopped
-    i = 2
+    i = first
     while not handler.stats()["last_error"] or "spool" not in handler.stats()["last_error"]:
         log.info("c %d %s", i, "p" * 1000)
         i += 1
@@ -196,16 +220,22 @@ FULL_APP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("registered", [True, False],
+                         ids=["seqs-in-the-spool", "seqs-not-given-yet"])
 def test_a_new_process_delivers_a_spool_it_finds_on_a_full_disk(
-        start_broker, tmp_path: Path, small_disk: Path, log: logging.Logger) -> None:
+        start_broker, tmp_path: Path, small_disk: Path, log: logging.Logger,
+        registered: bool) -> None:
     broker = start_broker(f"sqlite:///{tmp_path / 'lq.db'}")
+    if not registered:
+        broker.kill()  # the app never reaches it: its batches get their seqs when sent
     spool = small_disk / "sp"
-    app = subprocess.Popen([sys.executable, "-c", FULL_APP, broker.url, str(spool)],
+    app = subprocess.Popen([sys.executable, "-c", FULL_APP, broker.url, str(spool),
+                            str(2 if registered else 0)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                            env=clean_env())
     try:
         assert app.stdout.readline().strip() == "SENT"
-        broker.stop()
+        broker.kill()
         app.stdin.write("go\n")
         app.stdin.flush()
         assert app.stdout.readline().startswith("FULL")
@@ -215,9 +245,13 @@ def test_a_new_process_delivers_a_spool_it_finds_on_a_full_disk(
         if app.poll() is None:
             app.kill()
             app.wait()
+    fill_last_blocks(spool)
     fill(small_disk)
-    on_disk = spooled_batches(spool)
-    assert on_disk > 5
+    seqs = spooled_seqs(spool)
+    assert len(seqs) > 5
+    # A batch without a seq in the spool must have one recorded there before it is sent,
+    # on this full disk.
+    assert (None in seqs) == (not registered), seqs
     broker.start()
     handler = LogQueueHandler(url=broker.url, topic="adopted", spool_dir=str(spool),
                               flush_interval=0.05)
@@ -227,6 +261,6 @@ def test_a_new_process_delivers_a_spool_it_finds_on_a_full_disk(
     log.info("d new")
     handler.flush()
     records = TopicReader(broker.url, "adopted").until(2)
-    numbers = [int(m.split()[1]) for m in messages(records, "c ")]
+    numbers = numbered(records, "c ")
     assert numbers == list(range(len(numbers))) and len(numbers) > 5 * 20
     assert messages(records, "d ") == ["d new"] and records[-1]["message"] == "d new"
