@@ -359,7 +359,7 @@ class Sender:
         try:
             return self.backlog.assign(head, pid, seq)
         except OSError as exc:
-            # A full disk: the seq cannot be made durable, so the batch is not sent yet.
+            # Not durable, so not sent yet (a full disk, and no r line: see spool.py).
             self.counters.error(f"spool: cannot record a seq: {exc!r}", "spool")
             self._back_off()
             return False

@@ -2,7 +2,8 @@
 
 A :class:`Spool` is one append-only file, ``lq-<pid>-<token>.spool`` in the spool
 directory, held with ``flock(LOCK_EX)`` for as long as it is open. Each line is one JSON
-entry, written with a single ``write`` on an ``O_APPEND`` descriptor:
+entry, appended with a single ``write`` on an ``O_APPEND`` descriptor (or, for an ``a``
+line, written over an ``r`` line):
 
 * ``{"op": "b", "id": 7, "t": topic, "p": producer_id|null, "s": seq|null, "m": [...]}``:
   a batch. ``p``/``s`` are the producer id and seq it will be sent with, given as it is
@@ -19,6 +20,13 @@ entry, written with a single ``write`` on an ``O_APPEND`` descriptor:
   it is sent), and batch 7 is never sent again. Without its ``x`` line (a crash before
   it, or a torn one), the parts are ignored and batch 7 stays as it was. (A reader that
   predates ``p``/``x`` ignores both and keeps batch 7: never a duplicate.)
+* ``{"op": "r", "id": 7}`` padded with spaces to :data:`RESERVE_BYTES`, in the same write
+  as a ``b`` line with nulls or a ``p`` line: room for that batch's first ``a`` line,
+  written over it in place, into blocks the file has, so a full disk cannot keep the batch
+  from being sent (a later ``a`` is appended, and wins). An overwrite torn by a power cut
+  does not parse and is skipped: the ``a`` is synced before the send, so the batch was not
+  sent under it. (A reader that predates ``r`` misses an ``a`` over a part's ``r`` line,
+  which comes before the ``x`` line: after a downgrade, such a part may be sent twice.)
 
 A process that dies leaves its file behind, unlocked. :func:`adopt_orphans` (run when a
 handler starts) locks every such file it finds, checks that the path still names the
@@ -44,7 +52,6 @@ not thread-safe: the backlog (``backlog.py``) serializes every call.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -52,6 +59,17 @@ import secrets
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from lq_logging.spoolfile import (
+    RESERVE_BYTES,
+    encode,
+    padded,
+    reserve,
+    sync_dir,
+    sync_file,
+    write_all,
+    write_at,
+)
 
 SUFFIX = ".spool"
 #: Rewrite the file when done entries take more than this many bytes (and more than live).
@@ -72,35 +90,8 @@ class SpoolBatch:
     #: Its line in the file is a ``b`` line with this producer id and seq (a compaction
     #: copies it as it is, without parsing it).
     verbatim: bool = True
-
-
-def _encode(entry: dict) -> bytes:
-    return (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
-        "utf-8", "surrogatepass")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _sync_file(fd: int) -> None:
-    # fdatasync where there is one: it also writes the size an append changed.
-    (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
-def _sync_dir(path: str) -> None:
-    """fsync a directory, so a file created or renamed in it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some file systems cannot fsync a directory (and need not).
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    #: Where its ``r`` line is, until an ``a`` line for it is written.
+    reserve: int | None = None
 
 
 class Spool:
@@ -136,9 +127,9 @@ class Spool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if fsync:
-                _sync_dir(directory)
+                sync_dir(directory)
                 if made:
-                    _sync_dir(os.path.dirname(os.path.abspath(directory)))
+                    sync_dir(os.path.dirname(os.path.abspath(directory)))
         except OSError:
             os.close(fd)
             raise
@@ -201,11 +192,15 @@ class Spool:
             self.batches.append(batch)
             self.live_records += batch.count
             self._live_bytes += length
-        elif op == "a":
-            batch = self._by_id.get(bid)
+        elif op == "a":  # (over a part's "r" line, it comes before the part's "x" line)
+            batch = self._by_id.get(bid) or self._pending.get(bid)
             if batch is not None:
                 batch.producer_id, batch.seq = int(entry["p"]), int(entry["s"])
-                batch.verbatim = False
+                batch.verbatim, batch.reserve = False, None
+        elif op == "r":
+            batch = self._by_id.get(bid) or self._pending.get(bid)
+            if batch is not None and batch.seq is None and length == RESERVE_BYTES:
+                batch.reserve = offset
         elif op == "d":
             batch = self._by_id.pop(bid, None)
             if batch is not None:
@@ -225,24 +220,28 @@ class Spool:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _write(self, entry: dict) -> tuple[int, int]:
-        data = _encode(entry)
+    def _write(self, entry: dict, with_reserve: bool = False) -> tuple[int, int]:
+        """Append ``entry`` (and its ``r`` line, in the same write); its offset and length."""
+        data = encode(entry)
+        line = len(data)
+        if with_reserve:
+            data += reserve(entry["id"])
         offset = self._size
         self._dirty = True
         try:
-            _write_all(self.fd, data)
+            write_all(self.fd, data)
         except OSError:
             # A partial line (disk full) would glue itself to the next entry: cut it off.
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, offset)
             raise
         self._size += len(data)
-        return offset, len(data)
+        return offset, line
 
     def sync(self) -> None:
         """Make everything written so far durable (when this spool fsyncs)."""
         if self.fsync and self._dirty:
-            _sync_file(self.fd)
+            sync_file(self.fd)
             self._dirty = False
 
     def append(self, topic: str, messages: Sequence[str], producer_id: int | None = None,
@@ -252,8 +251,9 @@ class Spool:
         bid = self._next_id
         self._next_id += 1
         offset, length = self._write({"op": "b", "id": bid, "t": topic, "p": producer_id,
-                                      "s": seq, "m": list(messages)})
-        batch = SpoolBatch(bid, topic, producer_id, seq, len(messages), offset, length)
+                                      "s": seq, "m": list(messages)}, seq is None)
+        batch = SpoolBatch(bid, topic, producer_id, seq, len(messages), offset, length,
+                           reserve=offset + length if seq is None else None)
         self._by_id[bid] = batch
         self.batches.append(batch)
         self.live_records += batch.count
@@ -264,10 +264,17 @@ class Spool:
 
     def assign(self, batch: SpoolBatch, producer_id: int, seq: int) -> None:
         """Record the producer id and seq ``batch`` is about to be sent with (durably, before
-        it is sent)."""
-        self._write({"op": "a", "id": batch.id, "p": producer_id, "s": seq})
+        it is sent): over its ``r`` line if it still has one, else at the end."""
+        entry = {"op": "a", "id": batch.id, "p": producer_id, "s": seq}
+        line = encode(entry)
+        if batch.reserve is not None and len(line) <= RESERVE_BYTES:
+            write_at(self.fd, batch.reserve, padded(line))
+            self._dirty = True
+        else:
+            self._write(entry)
         self.sync()
         batch.producer_id, batch.seq, batch.verbatim = producer_id, seq, False
+        batch.reserve = None
 
     def replace(self, batch: SpoolBatch, parts: Sequence[Sequence[str]]) -> list[SpoolBatch]:
         """Put new batches holding ``parts`` (in order) where the live ``batch`` is, in one
@@ -286,9 +293,9 @@ class Spool:
             bid = self._next_id
             self._next_id += 1
             offset, length = self._write({"op": "p", "id": bid, "of": batch.id,
-                                          "t": batch.topic, "m": list(messages)})
+                                          "t": batch.topic, "m": list(messages)}, True)
             new.append(SpoolBatch(bid, batch.topic, None, None, len(messages), offset, length,
-                                  verbatim=False))
+                                  verbatim=False, reserve=offset + length))
         self.sync()  # every part on disk before the line that makes them live
         self._write({"op": "x", "id": batch.id, "parts": [b.id for b in new]})
         self._swap(batch, new)
@@ -360,13 +367,15 @@ class Spool:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            chunks = [os.pread(self.fd, b.length, b.offset) if b.verbatim else
-                      _encode({"op": "b", "id": b.id, "t": b.topic, "p": b.producer_id,
-                               "s": b.seq, "m": self.read(b)}) for b in self.batches]
+            lines = [os.pread(self.fd, b.length, b.offset) if b.verbatim else
+                     encode({"op": "b", "id": b.id, "t": b.topic, "p": b.producer_id,
+                             "s": b.seq, "m": self.read(b)}) for b in self.batches]
+            chunks = [line + reserve(b.id) if b.seq is None else line
+                      for b, line in zip(self.batches, lines, strict=True)]
             data = b"".join(chunks)
-            _write_all(fd, data)
+            write_all(fd, data)
             if self.fsync:
-                _sync_file(fd)  # the copy is whole on disk before it replaces the original
+                sync_file(fd)  # the copy is whole on disk before it replaces the original
             os.replace(tmp, self.path)
         except OSError:
             os.close(fd)
@@ -375,12 +384,13 @@ class Spool:
             raise
         old_fd, self.fd, self._size = self.fd, fd, len(data)
         offset = 0
-        for batch, chunk in zip(self.batches, chunks, strict=True):
-            batch.offset, batch.length, batch.verbatim = offset, len(chunk), True
-            offset += batch.length
-        self._live_bytes, self._dirty = len(data), False
+        for batch, line, chunk in zip(self.batches, lines, chunks, strict=True):
+            batch.offset, batch.length, batch.verbatim = offset, len(line), True
+            batch.reserve = offset + len(line) if batch.seq is None else None
+            offset += len(chunk)
+        self._live_bytes, self._dirty = sum(map(len, lines)), False
         if self.fsync:
-            _sync_dir(os.path.dirname(self.path))
+            sync_dir(os.path.dirname(self.path))
         os.close(old_fd)
 
     # -- closing ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,20 @@ class TopicReader:
     def until(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """:meth:`texts_until`, each message parsed as a JSON record."""
         return [json.loads(text) for text in self.texts_until(count, timeout)]
+
+
+def private_logger(name: str) -> Iterator[logging.Logger]:
+    """The logger ``name`` for one test: INFO, not propagating; the handlers the test added
+    are removed and closed afterwards. In a fixture: ``yield from private_logger(name)``."""
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    yield logger
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def messages(records: list[dict[str, Any]], prefix: str) -> list[str]:
+    """The messages of ``records`` that start with ``prefix``, in order."""
+    return [r["message"] for r in records if r["message"].startswith(prefix)]

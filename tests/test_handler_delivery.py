@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import BrokerProcess, TopicReader, clean_env, free_port, wait_until
+from support import BrokerProcess, TopicReader, clean_env, free_port, messages, wait_until
 
 from lq_logging import LogQueueHandler
 
@@ -32,10 +32,6 @@ HOST = socket.gethostname()
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-def messages(records: list[dict], prefix: str) -> list[str]:
-    return [r["message"] for r in records if r["message"].startswith(prefix)]
-
 
 @pytest.fixture
 def sqlite_broker(start_broker, tmp_path: Path) -> BrokerProcess:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import BrokerProcess, TopicReader, free_port, wait_until
+from support import BrokerProcess, TopicReader, free_port, private_logger, wait_until
 
 from lq_logging import LogQueueHandler
 from lq_logging.spool import Spool
@@ -38,13 +38,7 @@ def dropped_reported(texts: list[str]) -> int:
 
 @pytest.fixture
 def log() -> Iterator[logging.Logger]:
-    logger = logging.getLogger("test.refusals")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    yield logger
-    for handler in logger.handlers[:]:
-        logger.removeHandler(handler)
-        handler.close()
+    yield from private_logger("test.refusals")
 
 
 def assert_cut_down(text: str, prefix: str, limit: int) -> None:

@@ -194,7 +194,10 @@ def test_spool_replace_is_all_or_nothing_across_a_crash(tmp_path: Path, crash: s
                             (["c"], None, None)]
     data = (tmp_path / os.path.basename(spool.path)).read_bytes()
     x_line = data.rstrip(b"\n").rfind(b"\n") + 1
-    assert json.loads(data[x_line:])["op"] == "x" and data[size:x_line].count(b"\n") == 2
+    assert json.loads(data[x_line:])["op"] == "x"
+    # Each part with room for its "a" line (an "r" line), in the same write.
+    assert [json.loads(line)["op"] for line in data[size:x_line].splitlines()] == [
+        "p", "r", "p", "r"]
     cut = {"before the x line": x_line, "in the x line": x_line + 10, "after it": len(data)}
     os.truncate(spool.path, cut[crash])
     adopted = _crash_and_adopt(spool, tmp_path)
@@ -226,6 +229,46 @@ def test_spool_split_part_sent_before_a_crash_keeps_its_seq(tmp_path: Path) -> N
     adopted = _crash_and_adopt(adopted, tmp_path)
     assert _live(adopted) == [(["m3"], None, None), (["m4", "m5"], None, None)]
     assert adopted.live_records == 3
+    adopted.close()
+
+
+def test_spool_writes_a_seq_over_the_room_kept_for_it(tmp_path: Path) -> None:
+    # A batch spooled without a seq gets its "a" line in place (no new space: a full disk
+    # cannot stop it); a second one (the broker forgot the producer id) is appended, and wins.
+    spool = Spool.create(str(tmp_path))
+    given = spool.append("t", ["a"], 7, 99)
+    bare = spool.append("t", ["b"])
+    size = os.fstat(spool.fd).st_size
+    spool.assign(given, 7, 100)  # no room kept for it: appended
+    assert os.fstat(spool.fd).st_size > size
+    size = os.fstat(spool.fd).st_size
+    spool.assign(bare, 8, 200)
+    assert os.fstat(spool.fd).st_size == size
+    adopted = _crash_and_adopt(spool, tmp_path)
+    assert _live(adopted) == [(["a"], 7, 100), (["b"], 8, 200)]
+    head, bare = list(adopted)
+    head.producer_id = head.seq = bare.producer_id = bare.seq = None  # as forget_ids does
+    adopted.assign(bare, 9, 300)
+    assert os.fstat(adopted.fd).st_size > size
+    adopted.assign(head, 9, 301)
+    adopted = _crash_and_adopt(adopted, tmp_path)
+    assert _live(adopted) == [(["a"], 9, 301), (["b"], 9, 300)]
+    adopted.close()
+
+
+def test_spool_compaction_keeps_room_for_the_seqs_still_missing(tmp_path: Path) -> None:
+    spool = Spool.create(str(tmp_path))
+    done, given, bare = (spool.append("t", ["a"]), spool.append("t", ["b"], 7, 99),
+                         spool.append("t", ["c"]))
+    spool.done(done)
+    spool._rewrite()
+    size = os.fstat(spool.fd).st_size
+    spool.assign(bare, 8, 200)
+    assert os.fstat(spool.fd).st_size == size
+    spool.assign(given, 7, 100)
+    assert os.fstat(spool.fd).st_size > size
+    adopted = _crash_and_adopt(spool, tmp_path)
+    assert _live(adopted) == [(["b"], 7, 100), (["c"], 8, 200)]
     adopted.close()
 
 
