@@ -36,6 +36,7 @@ from .records import (
     LeasedBatch,
     LeaseInfo,
     Message,
+    Row,
     TopicInfo,
     TopicStats,
     iso_time,
@@ -44,7 +45,7 @@ from .tokens import TokenRecord, Tokens
 from .topics import Topics
 
 __all__ = ["AppendRequest", "AppendResult", "Batch", "ConsumerInfo", "LeaseInfo", "LeasedBatch",
-           "Message", "Store", "TokenRecord", "TopicInfo", "TopicStats", "configure_engine",
+           "Message", "Row", "Store", "TokenRecord", "TopicInfo", "TopicStats", "configure_engine",
            "connect_args", "create_schema", "default_workers", "get_store", "init_app",
            "iso_time", "max_connections"]
 
