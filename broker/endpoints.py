@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 from . import auth, wire
 from . import schemas as s
 from .errors import BadRequest, UnsupportedEncoding
+from .replies import Encoded
 
 bp = Blueprint("api", __name__)
 
@@ -48,10 +49,11 @@ def endpoint(method: str, path: str, request_model: type[s.Request] | None,
              *replies: type[s.Reply], scope: str | None = None,
              compress: bool = False) -> Callable:
     """Route `view`, check its `scope`, parse its request model, serialize the reply model it
-    returns (`compress`: compressed when the client sends Accept-Encoding)."""
+    returns, or send the body it encoded itself (replies.py: `replies` stay its schema);
+    `compress`: compressed when the client sends Accept-Encoding."""
     assert scope is None or scope in auth.VERBS, scope
 
-    def decorate(view: Callable[..., s.Reply]) -> Callable[..., s.Reply]:
+    def decorate(view: Callable[..., s.Reply | Encoded]) -> Callable[..., s.Reply | Encoded]:
         def handle() -> Response:
             if scope is None:
                 reply = view(parse(request_model)) if request_model else view()
@@ -60,7 +62,10 @@ def endpoint(method: str, path: str, request_model: type[s.Request] | None,
                 req = parse(request_model) if request_model else None
                 auth.require(scope, getattr(req, "topic", None))
                 reply = view(req) if request_model else view()
-            body = reply.model_dump_json(exclude_none=True)
+            if isinstance(reply, Encoded):
+                body: str | bytes = reply.body
+            else:
+                body = reply.model_dump_json(exclude_none=True)
             return encoded_reply(body) if compress else Response(body, mimetype="application/json")
 
         bp.add_url_rule(path, view.__name__, handle, methods=[method], strict_slashes=False)
@@ -165,15 +170,17 @@ def parse(model: type[Model]) -> Model:
         raise BadRequest("invalid request: " + "; ".join(problems)) from None
 
 
-def encoded_reply(body: str) -> Response:
+def encoded_reply(body: str | bytes) -> Response:
     """A JSON reply, compressed in the best coding the client accepts once it is large enough
     to gain from it."""
-    response = Response(body, mimetype="application/json")
+    raw = body.encode() if isinstance(body, str) else body
+    coding = None
+    if len(raw) >= wire.MIN_COMPRESSED_REPLY:
+        coding = wire.reply_encoding(request.headers.get("Accept-Encoding", ""))
+    response = Response(wire.compress(raw, coding) if coding else raw,
+                        mimetype="application/json")
     response.vary.add("Accept-Encoding")
-    raw = response.get_data()
-    coding = wire.reply_encoding(request.headers.get("Accept-Encoding", ""))
-    if coding and len(raw) >= wire.MIN_COMPRESSED_REPLY:
-        response.set_data(wire.compress(raw, coding))
+    if coding:
         response.headers["Content-Encoding"] = coding
     return response
 

@@ -20,6 +20,9 @@ from .errors import BadRequest, BrokerError, TooLarge, UnsupportedEncoding
 CHUNK = 256 * 1024  # bytes read or inflated at a time
 MIN_COMPRESSED_REPLY = 1024  # smaller replies go as they are: compression would not pay
 GZIP_LEVEL = 1  # log records shrink 6x at the fastest level (7x at 6, for 2.5x the CPU)
+# A fetch of 1,000 log records (400 KB): level 1 took 200 us and 9.4 KB, level 3 300 us and
+# 9.9 KB; gzip level 1 800 us and 19 KB (and 270 us to inflate against zstd's 100).
+ZSTD_LEVEL = 1
 
 
 def read_stream(stream: IO[bytes], limit: int) -> bytearray:
@@ -146,6 +149,6 @@ def _quality(text: str) -> float:
 def compress(body: bytes, coding: str) -> bytes:
     """`body` compressed with `coding` (one of reply_encoding's answers)."""
     if coding == "zstd":
-        return _zstandard().ZstdCompressor(level=3).compress(body)
+        return _zstandard().ZstdCompressor(level=ZSTD_LEVEL).compress(body)
     deflater = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     return deflater.compress(body) + deflater.flush()

@@ -39,9 +39,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from sdk.contract import DEFAULT_URL
+from sdk.contract import DEFAULT_URL, Start
 from sdk.exceptions import LogQueueError, TopicExists
 from sdk.transport import Transport
 
@@ -49,25 +49,51 @@ if TYPE_CHECKING:
     from sdk.consumer import Consumer
     from sdk.producer import Producer
 
-Start = Literal["earliest", "latest"]
 
-
-@dataclass(slots=True)
 class Message:
-    """One message read from a topic (a plain record: not frozen, which makes it 2.5 times
-    cheaper to build, and a consumer builds many).
+    """One message read from a topic: a plain, mutable record (a consumer builds many, so it
+    is a slotted class with as little work per message as can be).
 
     Attributes:
         topic: the topic it was read from.
         offset: its position in the topic (0, 1, 2, ... without gaps).
         value: the message text.
-        ts: when the broker appended it (UTC), when the endpoint reports it.
+        ts: when the broker appended it (UTC), when the endpoint reports it. Given as the
+            broker's ISO-8601 text, it is parsed on first use: a sink that never looks at it
+            never pays for it (most of the cost of building a batch of messages).
     """
 
-    topic: str
-    offset: int
-    value: str
-    ts: datetime | None = None
+    __slots__ = ("offset", "topic", "value", "_ts")
+    __match_args__ = ("topic", "offset", "value", "ts")
+    __hash__ = None  # type: ignore[assignment] # mutable, compared by value
+
+    def __init__(self, topic: str, offset: int, value: str,
+                 ts: datetime | str | None = None) -> None:
+        self.topic = topic
+        self.offset = offset
+        self.value = value
+        self._ts = ts
+
+    @property
+    def ts(self) -> datetime | None:
+        ts = self._ts
+        if ts.__class__ is str:
+            ts = self._ts = parse_ts(ts)
+        return ts  # type: ignore[return-value]
+
+    @ts.setter
+    def ts(self, value: datetime | str | None) -> None:
+        self._ts = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.topic, self.offset, self.value, self.ts) == (
+            other.topic, other.offset, other.value, other.ts)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return (f"Message(topic={self.topic!r}, offset={self.offset!r}, value={self.value!r}, "
+                f"ts={self.ts!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +180,11 @@ def parse_ts(value: Any) -> datetime | None:
 
 
 def messages_from(topic: str, items: Iterable[dict[str, Any]]) -> list[Message]:
-    try:  # the hot path: every item has a valid ISO-8601 ts
-        parse = datetime.fromisoformat
-        return [Message(topic, item["offset"], item["message"], parse(item["ts"]))
-                for item in items]
-    except (KeyError, TypeError, ValueError):
-        return [Message(topic, item["offset"], item["message"], parse_ts(item.get("ts")))
+    """The Messages of a reply's ``messages``; each ``ts`` is parsed when first read."""
+    try:  # the hot path: every item has its ts
+        return [Message(topic, item["offset"], item["message"], item["ts"]) for item in items]
+    except KeyError:
+        return [Message(topic, item["offset"], item["message"], item.get("ts"))
                 for item in items]
 
 
@@ -285,9 +310,11 @@ class Client:
             topics: topics to register for now (others are registered on first use).
             name: a durable name: the same (name, topic) always gets the same consumer id, so
                 a restarted consumer resumes at its committed position.
-            start: where a new registration starts: ``"earliest"`` or ``"latest"``. A topic
-                is registered at its first use, so with ``"latest"`` pass ``topics`` to start
-                from the end as of now.
+            start: where a new registration starts: ``"earliest"``, ``"latest"``, or a time
+                (a datetime, an ISO-8601 string, or a duration back from now such as
+                ``"10m"`` or a timedelta): the first message appended at or after it. A topic
+                is registered at its first use, so with ``"latest"`` or a time pass ``topics``
+                to register at once.
         """
         from sdk.consumer import Consumer  # sdk.consumer imports this module
 

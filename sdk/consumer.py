@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sdk.client import Client, Message, Start, TopicLocks, messages_from, own_client, parse_ts
-from sdk.contract import DEFAULT_URL
+from sdk.client import Client, Message, TopicLocks, messages_from, own_client, parse_ts
+from sdk.contract import DEFAULT_URL, Start, start_point
 from sdk.exceptions import LeaseLost, LogQueueError
 from sdk.leases import DEFAULT_LEASE_MS, Lease, LeaseKeeper
 from sdk.transport import reset_after_fork
@@ -24,7 +24,10 @@ class Consumer:
         topics: topics to register for at once (each must exist: ``UnknownTopic``).
         name: a durable name: the same (name, topic) gets the same consumer id, so a restarted
             consumer resumes at its committed position.
-        start: ``"earliest"`` (default) or ``"latest"``: where a new registration starts.
+        start: where a new registration starts: ``"earliest"`` (default), ``"latest"``, or
+            a time: a datetime or an ISO-8601 string (UTC unless it carries an offset), or a
+            duration back from now (``"10m"``, a timedelta): the first message appended at
+            or after it. ValueError for anything else.
         **client_options: for an owned client (``token``, ``retries``, ...).
 
     Three ways to read:
@@ -45,12 +48,10 @@ class Consumer:
     def __init__(self, client: Client | str | Sequence[str] = DEFAULT_URL, *,
                  topics: Iterable[str] = (), name: str | None = None, start: Start = "earliest",
                  **client_options: Any) -> None:
-        if start not in ("earliest", "latest"):
-            raise ValueError("start must be 'earliest' or 'latest'")
+        self.start = start_point(start)  # the broker's `from` text
         self.client, self._owns_client = own_client(client, client_options)
         self._transport = self.client.transport
         self.name = name
-        self.start: Start = start
         self._ids: dict[str, int] = {}
         self._locks = TopicLocks()
         reset_after_fork(self)
@@ -103,7 +104,7 @@ class Consumer:
         params = {"topic": topic, "consumer_id": self.register(topic)}
         body = self._transport.get("/consumer/consume", params)
         value = body["message"] if "message" in body else body["log_message"]
-        return Message(topic, int(body.get("offset", -1)), value, parse_ts(body.get("ts")))
+        return Message(topic, int(body.get("offset", -1)), value, body.get("ts"))
 
     def fetch(self, topic: str, *, offset: int | None = None, max: int = 100,
               wait: float = 0.0) -> tuple[list[Message], int]:

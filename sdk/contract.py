@@ -9,6 +9,8 @@ in step by one shared table of test cases (``tests/contract_cases.py``).
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
+from typing import Literal
 from urllib.parse import urlsplit
 
 DEFAULT_URL = "http://127.0.0.1:5000"
@@ -60,6 +62,39 @@ def format_duration(ms: int) -> str:
         if ms >= size and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+#: Where a consumer starts reading: a position name, a time, or a duration back from now.
+Start = Literal["earliest", "latest"] | str | datetime | timedelta
+
+
+def start_point(value: Start) -> str:
+    """``value`` as the broker's ``from`` text: ``"earliest"``, ``"latest"``, an ISO-8601 time
+    (a string, or a datetime; UTC unless it carries an offset, as the broker reads it) or a
+    duration back from now (``"10m"``, or a timedelta): the first message appended at or
+    after that time. ValueError for anything else, before any request is made."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise ValueError(f"a duration back from now cannot be negative: {value}")
+        return format_duration(value // timedelta(milliseconds=1))
+    if not isinstance(value, str):
+        raise ValueError(f"not a start: {value!r} (earliest, latest, a time or a duration)")
+    text = value.strip()
+    if text in ("earliest", "latest"):
+        return text
+    if text.lower() in _NO_LIMIT:
+        raise ValueError(f"not a point in time: {value!r}")
+    try:
+        datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        try:
+            parse_duration_ms(text)
+        except ValueError:
+            raise ValueError(f"not earliest, latest, an ISO-8601 time or a duration such as "
+                             f"10m or 2h: {value[:64]!r}") from None
+    return text
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,24 @@ def _drain(consumer: Consumer, topic: str) -> list[Message]:
 
 
 # --- no broker needed -------------------------------------------------------------------
+
+def test_message_ts_is_parsed_on_first_use() -> None:
+    text = "2026-01-01T12:00:00.123456+00:00"
+    lazy = Message("t", 3, "v", text)
+    parsed = Message("t", 3, "v", datetime.fromisoformat(text))
+    assert lazy == parsed and lazy != Message("t", 3, "v", None)
+    assert lazy.ts == datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    assert lazy.ts is lazy.ts  # parsed once
+    assert repr(lazy) == repr(parsed) == (
+        "Message(topic='t', offset=3, value='v', ts=datetime.datetime(2026, 1, 1, 12, 0, 0, "
+        "123456, tzinfo=datetime.timezone.utc))")
+    assert Message("t", 0, "v", "not a time").ts is None and Message("t", 0, "v").ts is None
+    lazy.ts, lazy.value = None, "w"  # a plain, mutable record
+    assert (lazy.ts, lazy.value) == (None, "w")
+    match lazy:
+        case Message(topic, offset, value, ts):
+            assert (topic, offset, value, ts) == ("t", 3, "w", None)
+
 
 def test_url_parsing() -> None:
     assert normalize_url("localhost:5000") == "http://localhost:5000"

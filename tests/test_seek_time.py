@@ -14,6 +14,9 @@ import requests
 from support import BrokerProcess
 from test_cli import lq, ok, one_error_line
 
+from sdk import Client, Consumer
+from sdk.contract import start_point
+
 
 def call(broker: BrokerProcess, method: str, path: str, **params: Any) -> requests.Response:
     return requests.request(method, broker.url + path, json=params, timeout=10)
@@ -137,3 +140,24 @@ def test_tail_since(broker: BrokerProcess, timeline: dict[str, Any]) -> None:
     later = iso(times[-1] + timedelta(days=1))
     assert ok("tail", topic, "--since", later, url=broker.url).stdout == ""
     one_error_line(lq("tail", topic, "--since", "soon", url=broker.url), 2)
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "10", "none", "2024-13-45T00:00:00", "-5m", 7])
+def test_the_sdk_refuses_what_the_broker_refuses(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        start_point(bad)
+    with pytest.raises(ValueError):
+        Consumer("http://127.0.0.1:9", start=bad)  # refused before any request
+
+
+def test_sdk_consumer_starts_at_a_time(broker: BrokerProcess, timeline: dict[str, Any]) -> None:
+    topic, times = timeline["topic"], timeline["times"]
+    everything = ["a0", "a1", "a2", "b0", "b1", "b2", "c0", "c1", "c2"]
+    with Client(broker.url) as client:
+        starts = {times[3]: everything[3:], iso(times[6]): everything[6:],
+                  "1h": everything, timedelta(days=1): everything,
+                  times[6].replace(tzinfo=None): everything[6:]}  # naive: UTC
+        for start, expected in starts.items():
+            consumer = Consumer(client, topics=[topic], start=start)
+            assert [m.value for m in consumer.receive(topic, max=100)] == expected, start
+        assert Consumer(client, start=timedelta(minutes=90)).start == "90m"

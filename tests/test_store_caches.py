@@ -36,7 +36,7 @@ def stores(db_url: str) -> Iterator[tuple[Store, Store]]:
 def texts(store: Store, topic: str) -> list[str]:
     """Every message of the topic, read through a new consumer."""
     cid = store.consumers.register(topic)
-    return [m.body for m in store.consumers.consume(topic, cid, 1000).messages]
+    return [m[1] for m in store.consumers.consume(topic, cid, 1000).messages]
 
 
 def recreate(store: Store, topic: str) -> None:
@@ -75,7 +75,7 @@ def test_consumers_after_the_topic_was_recreated_elsewhere(
             read()
     new = b.consumers.register(topic)
     assert b.consumers.size(topic, new) == 2
-    assert [m.body for m in b.consumers.consume(topic, new, 10).messages] == ["one", "two"]
+    assert [m[1] for m in b.consumers.consume(topic, new, 10).messages] == ["one", "two"]
 
 
 def test_a_topic_deleted_elsewhere_is_unknown_not_stale(stores: tuple[Store, Store],
@@ -106,7 +106,7 @@ def test_a_registration_made_elsewhere_on_the_recreated_topic_is_found(
     pid, cid = a.producers.register(topic), a.consumers.register(topic)
     assert b.producers.append(topic, AppendRequest(pid, ["through b"])).first == 0
     assert b.consumers.size(topic, cid) == 1
-    assert [m.body for m in b.consumers.consume(topic, cid, 10).messages] == ["through b"]
+    assert [m[1] for m in b.consumers.consume(topic, cid, 10).messages] == ["through b"]
     with pytest.raises(UnknownId):
         b.producers.append(topic, AppendRequest(old, ["lost"]))
     b.consumers.unregister(topic, cid)

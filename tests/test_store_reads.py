@@ -88,8 +88,8 @@ def test_reads_deep_in_the_topic_return_what_is_there(long_topic) -> None:
     store, _, cid = long_topic
     assert store.consumers.size("long", cid) == MESSAGES - DEEP
     batch, position = store.consumers.fetch("long", cid, LIMIT)
-    assert position == DEEP and [m.offset for m in batch.messages] == list(range(DEEP,
-                                                                                DEEP + LIMIT))
+    assert position == DEEP and [m[0] for m in batch.messages] == list(range(DEEP,
+                                                                             DEEP + LIMIT))
     taken = store.consumers.consume("long", cid, LIMIT).messages
-    assert [m.body for m in taken] == [f"m{i}" for i in range(DEEP, DEEP + LIMIT)]
+    assert [m[1] for m in taken] == [f"m{i}" for i in range(DEEP, DEEP + LIMIT)]
     assert store.consumers.size("long", cid) == MESSAGES - DEEP - LIMIT

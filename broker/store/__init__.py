@@ -38,6 +38,7 @@ from .records import (
     LeasedBatch,
     LeaseInfo,
     Message,
+    Row,
     TopicInfo,
     TopicStats,
     iso_time,
@@ -46,8 +47,8 @@ from .tokens import TokenRecord, Tokens
 from .topics import Topics
 
 __all__ = ["AppendRequest", "AppendResult", "Appends", "Batch", "ConsumerInfo", "LeaseInfo",
-           "LeasedBatch", "Message", "Store", "Tail", "TokenRecord", "TopicInfo", "TopicStats",
-           "configure_engine",
+           "LeasedBatch", "Message", "Row", "Store", "Tail", "TokenRecord", "TopicInfo",
+           "TopicStats", "configure_engine",
            "connect_args", "create_schema", "default_workers", "get_store", "init_app",
            "iso_time", "max_connections"]
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
-from ..errors import BadRequest, Leased
+from ..errors import BadRequest
 from ..wakeups import Wakeups
 from . import queries as q
 from . import reads
-from .caches import Caches, remember, retry_stale_topic
+from .caches import Caches, RegistrationGone, remember, retry_stale_topic
 from .database import Database
-from .driver import NameTaken
+from .driver import NameTaken, driver_cursor
 from .records import Batch, now_us
 
 if TYPE_CHECKING:
@@ -31,14 +31,6 @@ class Found(Protocol):
 
 
 F = TypeVar("F", bound=Found)
-
-
-def refuse_leased(conn: Connection, consumer_id: int) -> None:
-    """consume, fetch and commit would pass messages handed out in leases: one registration is
-    drained one way at a time."""
-    if conn.execute(q.HAS_LEASES, {"consumer": consumer_id}).first() is not None:
-        raise Leased(f"consumer {consumer_id} hands out its messages in leases: use "
-                     "/consumer/lease and /consumer/ack (or another consumer name)")
 
 
 class Consumers:
@@ -120,8 +112,8 @@ class Consumers:
         """Take up to `limit` messages (and `max_bytes` of text, at least one message) and move
         the position past them, waiting up to `wait`."""
         topic_id = self.check(topic, consumer_id)
-        with self.db.transaction() as conn:
-            refuse_leased(conn, consumer_id)
+        with self.db.transaction() as conn, driver_cursor(conn) as cursor:
+            reads.registration(cursor, consumer_id)  # refuses a registration with leases out
         return self.wait_for(topic_id, consumer_id, wait, lambda: self.db.dialect.take(
             self.db, topic_id, consumer_id, limit, max_bytes))
 
@@ -142,29 +134,33 @@ class Consumers:
 
         def read() -> Batch:
             nonlocal position
-            with self.db.transaction() as conn:
-                refuse_leased(conn, consumer_id)
-                position = reads.position(conn, consumer_id)
+            with self.db.transaction() as conn, driver_cursor(conn) as cursor:
+                position = reads.registration(cursor, consumer_id)
                 start = position if offset is None else offset
-                found = reads.messages(conn, topic_id, start, limit, max_bytes)
-            return Batch(found, found[0].offset - start if found else 0)
+                found = self.db.dialect.page(cursor, topic_id, start, limit, max_bytes)
+            return Batch(found, found[0][0] - start if found else 0)
 
         batch = self.wait_for(topic_id, consumer_id, wait, read)
         return batch, position
 
     @retry_stale_topic
     def commit(self, topic: str, consumer_id: int, offset: int) -> int:
-        """Move the position forward to `offset` (the next to read); never backward."""
-        topic_id = self.check(topic, consumer_id)
-        with self.db.transaction(write=True) as conn:
-            bounds = conn.execute(q.SELECT_TOPIC_BOUNDS, {"topic": topic_id}).first()
-            if bounds is None:
-                self.caches.topic_gone(topic)
-            if offset > bounds[1]:
-                raise BadRequest(f"offset {offset} is past the end of the topic ({bounds[1]})")
-            refuse_leased(conn, consumer_id)
-            conn.execute(q.ADVANCE_CONSUMER_POSITION, {"position": offset, "id": consumer_id})
-            return reads.position(conn, consumer_id)
+        """Move the position forward to `offset` (the next to read); never backward. Two
+        statements: a look at the registration (locked), and the move when it is one."""
+        self.check(topic, consumer_id)
+        with self.db.transaction(write=True) as conn, driver_cursor(conn) as cursor:
+            row = cursor.execute(self.db.dialect.lock_commit, {"id": consumer_id}).fetchone()
+            if row is None:  # unregistered, or the topic deleted (then retried: caches.py)
+                raise RegistrationGone("consumer", consumer_id)
+            position, end, leased = row
+            if offset > end:
+                raise BadRequest(f"offset {offset} is past the end of the topic ({end})")
+            if leased:
+                raise reads.refusal(consumer_id)
+            if offset > position:
+                cursor.execute(q.SET_CONSUMER_POSITION, {"position": offset, "id": consumer_id})
+                position = offset
+        return position
 
     @retry_stale_topic
     def size(self, topic: str, consumer_id: int) -> int:

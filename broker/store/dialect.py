@@ -24,8 +24,8 @@ from ..models import metadata
 from ..wakeups import Wakeups
 from . import queries as q
 from . import reads
-from .driver import translate_errors
-from .records import Batch, Message
+from .driver import DriverCursor, driver_cursor, translate_errors
+from .records import Batch, Row
 from .watchdog import WATCHDOG
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class Dialect:
     default_workers: ClassVar[int]  # gunicorn workers `lq broker` starts unless told
     lock_topic_counter: ClassVar[TextClause]  # read a topic's next offset, locked for append
     lock_consumer: ClassVar[TextClause]  # read a dispatch cursor, locked to hand out a lease
+    lock_commit: ClassVar[TextClause]  # a commit's look at a registration, locked (queries.py)
     timeout: float | None = None  # the longest a block of database work may take
 
     def connect_args(self, url: str) -> dict[str, Any]:
@@ -94,9 +95,15 @@ class Dialect:
         """Insert (offset, body) rows with the driver's cursor."""
         raise NotImplementedError
 
+    def page(self, cursor: DriverCursor, topic_id: int, start: int, limit: int,
+             max_bytes: int | None = None) -> list[Row]:
+        """Up to `limit` messages from `start`; with `max_bytes`, only as many as carry at most
+        that much text (UTF-8), and always the first, so a reply stays bounded."""
+        raise NotImplementedError
+
     def take(self, db: Database, topic_id: int, consumer_id: int, limit: int,
              max_bytes: int | None = None) -> Batch:
-        """Read up to `limit` messages (and `max_bytes` of text, see reads.messages) at the
+        """Read up to `limit` messages (and `max_bytes` of text, see `page`) at the
         consumer's position and move it past them."""
         raise NotImplementedError
 
@@ -112,6 +119,7 @@ class SqliteDialect(Dialect):
     default_workers = 1  # one writer per file
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_SQLITE
     lock_consumer = q.LOCK_CONSUMER_SQLITE
+    lock_commit = q.LOCK_CONSUMER_COMMIT_SQLITE
 
     def __init__(self) -> None:
         self._unique_columns = _unique_columns()
@@ -166,13 +174,21 @@ class SqliteDialect(Dialect):
             position, first, next_offset = reads.lag(conn, consumer_id)
         if max(position, first) >= next_offset:
             return Batch([])  # nothing to read: no write lock taken
-        with db.transaction(write=True) as conn:
-            position = reads.position(conn, consumer_id)
-            found = reads.messages(conn, topic_id, position, limit, max_bytes)
+        with db.transaction(write=True) as conn, driver_cursor(conn) as cursor:
+            position = reads.registration(cursor, consumer_id)
+            found = self.page(cursor, topic_id, position, limit, max_bytes)
             if found:
-                conn.execute(q.SET_CONSUMER_POSITION,
-                             {"position": found[-1].offset + 1, "id": consumer_id})
-        return Batch(found, found[0].offset - position if found else 0)
+                cursor.execute(q.SET_CONSUMER_POSITION,
+                               {"position": found[-1][0] + 1, "id": consumer_id})
+        return Batch(found, found[0][0] - position if found else 0)
+
+    def page(self, cursor: DriverCursor, topic_id: int, start: int, limit: int,
+             max_bytes: int | None = None) -> list[Row]:
+        found = cursor.execute(q.SELECT_MESSAGES,
+                               {"topic": topic_id, "start": start, "limit": limit})
+        if max_bytes is None:
+            return found.fetchall()
+        return reads.within(found, max_bytes)  # a row at a time: those past it are never read
 
 
 class PostgresDialect(Dialect):
@@ -180,6 +196,7 @@ class PostgresDialect(Dialect):
     default_workers = 2
     lock_topic_counter = q.LOCK_TOPIC_COUNTER_PG
     lock_consumer = q.LOCK_CONSUMER_PG
+    lock_commit = q.LOCK_CONSUMER_COMMIT_PG
 
     def __init__(self) -> None:
         self.timeout = db_timeout()
@@ -276,11 +293,20 @@ class PostgresDialect(Dialect):
              max_bytes: int | None = None) -> Batch:
         params = {"id": consumer_id, "topic": topic_id, "limit": limit,
                   "max_bytes": reads.UNBOUNDED if max_bytes is None else max_bytes}
-        with db.transaction(write=True) as conn:
-            rows = conn.execute(q.TAKE_MESSAGES_PG, params).all()
+        with db.transaction(write=True) as conn, driver_cursor(conn) as cursor:
+            rows = cursor.execute(q.TAKE_MESSAGES_PG, params).fetchall()
         if not rows:
             return Batch([])
-        return Batch([Message(*row[:3]) for row in rows], rows[0][0] - rows[0][3])
+        return Batch([row[:3] for row in rows], rows[0][0] - rows[0][3])
+
+    def page(self, cursor: DriverCursor, topic_id: int, start: int, limit: int,
+             max_bytes: int | None = None) -> list[Row]:
+        params = {"topic": topic_id, "start": start, "limit": limit}
+        if max_bytes is None:
+            return cursor.execute(q.SELECT_MESSAGES, params).fetchall()
+        # The driver fetches every row of a result: the bound is applied in SQL.
+        return cursor.execute(q.SELECT_MESSAGES_WITHIN_PG,
+                              {**params, "max_bytes": max_bytes}).fetchall()
 
 
 DIALECTS: dict[str, type[Dialect]] = {"sqlite": SqliteDialect, "postgresql": PostgresDialect}

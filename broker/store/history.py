@@ -58,7 +58,8 @@ class History:
         with self.db.transaction() as conn:
             first, end = self._bounds(conn, topic, topic_id)
             start = max(first, end - limit if offset is None else offset)
-            found = reads.messages(conn, topic_id, start, limit, max_bytes) if start < end else []
+            found = (reads.messages(self.db.dialect, conn, topic_id, start, limit, max_bytes)
+                     if start < end else [])
         return Tail(first, end, found)
 
     @retry_stale_topic

@@ -115,7 +115,8 @@ class Leases:
             start = max(cursor, kept)
             if start >= next_offset:
                 return LeasedBatch(None, [], skipped)
-            messages = reads.messages(conn, grant.topic_id, start, grant.limit, grant.max_bytes)
+            messages = reads.messages(self.db.dialect, conn, grant.topic_id, start, grant.limit,
+                                      grant.max_bytes)
             if not messages:
                 return LeasedBatch(None, [], skipped)
             conn.execute(q.SET_CONSUMER_POSITION,
@@ -147,7 +148,8 @@ class Leases:
             skipped += start - first if start <= last else last - first + 1
             if start > last:
                 continue
-            messages = reads.messages(conn, grant.topic_id, start, last - start + 1)
+            messages = reads.messages(self.db.dialect, conn, grant.topic_id, start,
+                                      last - start + 1)
             lease = self._insert(conn, grant, start, last, deliveries + 1)
             return skipped, LeasedBatch(lease, messages)
         return skipped, None

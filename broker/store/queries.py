@@ -98,9 +98,19 @@ SELECT_CONSUMER_LAG = text(
     f"SELECT {POSITION_OF_C}, t.first_offset, t.next_offset FROM lq_consumers c "
     "JOIN lq_topics t ON t.id = c.topic_id WHERE c.id = :id")
 SET_CONSUMER_POSITION = text("UPDATE lq_consumers SET position = :position WHERE id = :id")
-ADVANCE_CONSUMER_POSITION = text(
-    "UPDATE lq_consumers SET position = :position WHERE id = :id AND position < :position")
 SELECT_CONSUMER_POSITION = text("SELECT position FROM lq_consumers WHERE id = :id")
+# consume, fetch and commit refuse a registration that hands out leases (consumers.py).
+_LEASES_OUT = "EXISTS (SELECT 1 FROM lq_leases l WHERE l.consumer_id = c.id)"
+# A fetch's one look at the registration: its position, and whether leases are out.
+SELECT_CONSUMER_READ = text(f"SELECT c.position, {_LEASES_OUT} FROM lq_consumers c "
+                            "WHERE c.id = :id")
+# A commit's: the position, the topic's end, leases out. Locked on PostgreSQL, so commits
+# and lease hand-outs (LOCK_CONSUMER_PG) of one registration take turns, and the position
+# answered is the one after every earlier commit.
+_COMMIT_LOOK = (f"SELECT c.position, t.next_offset, {_LEASES_OUT} FROM lq_consumers c "
+                "JOIN lq_topics t ON t.id = c.topic_id WHERE c.id = :id")
+LOCK_CONSUMER_COMMIT_PG = text(_COMMIT_LOOK + " FOR UPDATE OF c")
+LOCK_CONSUMER_COMMIT_SQLITE = text(_COMMIT_LOOK)  # the write transaction's BEGIN IMMEDIATE
 DELETE_CONSUMER = text("DELETE FROM lq_consumers WHERE id = :id AND topic_id = :topic")
 
 # A page of messages from a start offset carrying at most :max_bytes of text (UTF-8), and
@@ -158,7 +168,6 @@ SEEN_HOLDER = text(
 PRUNE_HOLDERS = text(
     "DELETE FROM lq_holders WHERE seen_us < :cutoff OR NOT EXISTS "
     "(SELECT 1 FROM lq_consumers c WHERE c.id = lq_holders.consumer_id)")
-HAS_LEASES = text("SELECT 1 FROM lq_leases WHERE consumer_id = :consumer LIMIT 1")
 DELETE_CONSUMER_LEASES = text("DELETE FROM lq_leases WHERE consumer_id = :consumer")
 DELETE_ORPHAN_LEASES = text(  # of registrations unregistered or expired
     "DELETE FROM lq_leases WHERE NOT EXISTS "

@@ -1,22 +1,29 @@
-"""Reads of a consumer's position and a topic's messages, shared by consume, fetch, size and
-the dialects' take. A missing consumer row raises `RegistrationGone`."""
+"""Reads of a consumer's position and a topic's messages, shared by consume, fetch, size,
+leases and the dialects' take. A missing consumer row raises `RegistrationGone`. The pages
+of messages themselves are the dialect's (Dialect.page): how to bound one by its size
+differs between the databases."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
+from ..errors import Leased
 from .caches import RegistrationGone
+from .driver import DriverCursor, driver_cursor
 from .queries import (
     SELECT_CONSUMER_LAG,
     SELECT_CONSUMER_POSITION,
-    SELECT_MESSAGES,
-    SELECT_MESSAGES_WITHIN_PG,
+    SELECT_CONSUMER_READ,
     SELECT_OFFSET_TIMES,
     SELECT_TOPIC_BOUNDS,
 )
-from .records import Message
+from .records import Message, Row
+
+if TYPE_CHECKING:
+    from .dialect import Dialect  # which imports this module
 
 UNBOUNDED = 2**62  # a byte bound no page reaches
 
@@ -73,32 +80,40 @@ def offset_at(conn: Connection, topic_id: int, ts_us: int, first: int, end: int)
         else:
             lo = row[0] + 1  # offsets between mid and row[0] were pruned meanwhile
     return lo
-def messages(conn: Connection, topic_id: int, start: int, limit: int,
+def registration(cursor: DriverCursor, consumer_id: int) -> int:
+    """The consumer's position, once it is known to hand out no leases (consume, fetch and
+    commit would pass messages handed out in leases: one registration is drained one way at
+    a time)."""
+    row = cursor.execute(SELECT_CONSUMER_READ, {"id": consumer_id}).fetchone()
+    if row is None:
+        raise RegistrationGone("consumer", consumer_id)
+    position, leased = row
+    if leased:
+        raise refusal(consumer_id)
+    return position
+
+
+def refusal(consumer_id: int) -> Leased:
+    return Leased(f"consumer {consumer_id} hands out its messages in leases: use "
+                  "/consumer/lease and /consumer/ack (or another consumer name)")
+
+
+def messages(dialect: Dialect, conn: Connection, topic_id: int, start: int, limit: int,
              max_bytes: int | None = None) -> list[Message]:
-    """Up to `limit` messages from `start`; with `max_bytes`, only as many as carry at most
-    that much text (UTF-8), and always the first, so a reply stays bounded."""
-    params = {"topic": topic_id, "start": start, "limit": limit}
-    if max_bytes is None:
-        return list(map(Message._make, conn.execute(SELECT_MESSAGES, params).all()))
-    if conn.dialect.name == "postgresql":  # the driver fetches every row: bound them in SQL
-        rows = conn.execute(SELECT_MESSAGES_WITHIN_PG, {**params, "max_bytes": max_bytes})
-        return list(map(Message._make, rows.all()))
-    # SQLite steps a row at a time: the rows past the bound are never read.
-    result = conn.execute(SELECT_MESSAGES, params)
-    try:
-        return within(map(Message._make, result), max_bytes)
-    finally:
-        result.close()
+    """Up to `limit` messages from `start`, at most `max_bytes` of text (Dialect.page), as
+    named tuples."""
+    with driver_cursor(conn) as cursor:
+        return list(map(Message._make, dialect.page(cursor, topic_id, start, limit, max_bytes)))
 
 
-def within(found: Iterable[Message], max_bytes: int) -> list[Message]:
+def within(found: Iterable[Row], max_bytes: int) -> list[Row]:
     """The longest prefix of `found` with at most `max_bytes` of text, and at least one."""
-    page: list[Message] = []
+    page: list[Row] = []
     total = 0
-    for message in found:
-        body = message.body
+    for row in found:
+        body = row[1]
         total += len(body) if body.isascii() else len(body.encode("utf-8"))
         if page and total > max_bytes:
             break
-        page.append(message)
+        page.append(row)
     return page

@@ -16,7 +16,14 @@ MAX_ID = 2**53
 HOLDERS_WINDOW_US = 60_000_000  # "holders seen in the last minute"
 
 
+#: A message as the driver returns it: (offset, body, ts_us). The hot reads hand these on
+#: as they are: a named tuple per message cost more than the query that read it.
+Row = tuple[int, str, int]
+
+
 class Message(NamedTuple):
+    """A Row with names, where a few messages are handled one by one (leases)."""
+
     offset: int
     body: str
     ts_us: int
@@ -54,7 +61,7 @@ class AppendResult:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    messages: list[Message]
+    messages: list[Row]
     skipped: int = 0  # messages pruned by retention between the position and the first here
 
 
