@@ -219,7 +219,8 @@ class _Workload:
         self.received: dict[int, dict[str, list[str]]] = {
             c: {t: [] for t in ts} for c, ts in CONSUMER_TOPICS.items()}
         self.errors: list[BaseException] = []
-        self.deadline = time.monotonic() + 90
+        # About 15,000 one-message requests: 20 s on an idle machine, minutes on a loaded one.
+        self.deadline = time.monotonic() + 240
         self.progress = threading.Condition()
         self.enqueued = 0
 
@@ -229,9 +230,9 @@ class _Workload:
         for th in threads:
             th.start()
         for th in threads:
-            th.join(120)
+            th.join(max(0.0, self.deadline + 10 - time.monotonic()))
         assert not self.errors, self.errors
-        assert not any(th.is_alive() for th in threads)
+        assert not any(th.is_alive() for th in threads), f"enqueued {self.enqueued} by the deadline"
 
     def produce(self, n: int) -> None:
         try:

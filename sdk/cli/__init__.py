@@ -55,8 +55,13 @@ class LqGroup(click.Group):
                 click.echo(f"lq: could not load the '{ep.name}' command: {exc}", err=True)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        self._load_plugin_commands()
-        return super().get_command(ctx, cmd_name)
+        # A built-in command loads no plugin: `lq produce` need not import the broker's
+        # SQLAlchemy and the runner's pydantic models (about 0.3 s per invocation).
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
