@@ -18,6 +18,21 @@ for _key in [k for k in os.environ if k.startswith("LQ_") and k not in _KEEP]:
 
 REQUIRE_POSTGRES = os.environ.get("LQ_REQUIRE_POSTGRES") == "1"
 
+# The modules that take longest (minutes on a loaded machine), started first: pytest-xdist
+# hands out whole modules in collection order, so one of these started last would be the
+# suite's tail while the other workers sit idle.
+SLOW_MODULES = ("test_cli", "test_cli_tail", "test_runner_delivery", "test_broker_openapi_fuzz",
+                "test_sdk_classic", "test_broker_tokens", "test_handler_outage",
+                "test_broker_workload", "test_broker_leases", "test_runner_sinks")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__ if item.module else ""
+        return SLOW_MODULES.index(name) if name in SLOW_MODULES else len(SLOW_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module, and of the rest, is kept
+
 
 def _module_slug(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^a-z0-9]+", "_", request.module.__name__.lower())[-30:]

@@ -29,6 +29,14 @@ from sdk import Client
 TIMEOUT = 20.0
 
 
+@pytest.fixture(scope="module")
+def broker(sqlite_broker: BrokerProcess) -> BrokerProcess:
+    """The CLI is a client: what it needs of a broker is the HTTP contract, which
+    test_broker_contract.py and the store's tests check on SQLite and PostgreSQL alike; one
+    backend here halves the subprocess-heavy runs."""
+    return sqlite_broker
+
+
 def lq(*args: str, url: str, token: str | None = None, input: str | None = None,
        timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     env = clean_env(LQ_URL=url, **({"LQ_TOKEN": token} if token else {}))

@@ -29,6 +29,14 @@ from sdk import Client
 FORMATTER = JSONFormatter()
 
 
+@pytest.fixture(scope="module")
+def broker(sqlite_broker: BrokerProcess) -> BrokerProcess:
+    """The CLI is a client: what it needs of a broker is the HTTP contract, which
+    test_broker_contract.py and the store's tests check on SQLite and PostgreSQL alike; one
+    backend here halves the subprocess-heavy runs."""
+    return sqlite_broker
+
+
 def record(logger: str, level: int, message: str, *, error: bool = False) -> str:
     """One record exactly as LogQueueHandler sends it."""
     exc_info = None
