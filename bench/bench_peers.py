@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import secrets
 import statistics
 import sys
@@ -562,13 +563,14 @@ def message_counts(scale: float) -> dict[str, int]:
     return counts
 
 
-def run_all(columns: list[Column], runs: int, scale: float) -> dict[tuple[str, str], list]:
+def run_all(columns: list[Column], runs: int, scale: float,
+            cases: tuple[Case, ...] = CASES) -> dict[tuple[str, str], list]:
     """Every (case, column) ``runs`` times, interleaved; a failed run keeps its error."""
     counts = message_counts(scale)
     messages = log_records(max(counts.values()))
     cells: dict[tuple[str, str], list] = {}
     for run in range(runs):
-        for case in CASES:
+        for case in cases:
             for column in (c for c in columns if not c.unavailable):
                 try:
                     result: float | str = measure(column, case, messages[:counts[case.size]])
@@ -607,11 +609,12 @@ NOTES = {
 }
 
 
-def print_tables(columns: list[Column], cells: dict, runs: int) -> None:
+def print_tables(columns: list[Column], cells: dict, runs: int,
+                 cases: tuple[Case, ...] = CASES) -> None:
     print(f"\nmsg/s, median of {runs}; payload {PAYLOAD_BYTES}-byte JSON log records\n")
     print("| case | " + " | ".join(c.title for c in columns) + " |")
     print("|---|" + "---:|" * len(columns))
-    for case in CASES:
+    for case in cases:
         row = []
         for column in columns:
             value = median(cells, case, column)
@@ -624,10 +627,10 @@ def print_tables(columns: list[Column], cells: dict, runs: int) -> None:
     for column in columns:
         if column.key in NOTES and not column.unavailable:
             print(f"- {column.title}: {NOTES[column.key]}")
-    print_ratios(columns, cells)
+    print_ratios(columns, cells, cases)
 
 
-def print_ratios(columns: list[Column], cells: dict) -> None:
+def print_ratios(columns: list[Column], cells: dict, cases: tuple[Case, ...] = CASES) -> None:
     ours = [c for c in columns if c.peer is LogQueue]
     others = [c for c in columns if c.peer is not LogQueue]
     if not ours or not others:
@@ -636,7 +639,7 @@ def print_ratios(columns: list[Column], cells: dict) -> None:
     print("\nRatios (same run): LogQueue's rate divided by the other's\n")
     print("| case | " + " | ".join(heads) + " |")
     print("|---|" + "---:|" * len(heads))
-    for case in CASES:
+    for case in cases:
         row = []
         for o in ours:
             for p in others:
@@ -692,6 +695,12 @@ def started_columns(wanted: set[str]) -> Iterator[list[Column]]:
 
 
 ALL_COLUMNS = "lq-pg,lq-sqlite,nats,rabbitmq,redis,raw-pg"
+ALL_CASES = "1,2,3,4"
+
+
+def load_average() -> str:
+    """The machine's load (other jobs share its 2 cores): part of every result."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -700,14 +709,23 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the message counts (0.2: under a minute)")
     parser.add_argument("--columns", default=ALL_COLUMNS, help=f"a subset of {ALL_COLUMNS}")
+    parser.add_argument("--cases", default=ALL_CASES,
+                        help=f"a subset of {ALL_CASES} (1, 2, 3, 4: the table's rows)")
     args = parser.parse_args()
+    cases = tuple(CASES[int(n) - 1] for n in args.cases.split(",")
+                  if n.strip() in ("1", "2", "3", "4"))
+    if not cases:
+        parser.error(f"--cases: pick from {ALL_CASES}")
     wanted = set(args.columns.split(","))
     unknown = wanted - set(ALL_COLUMNS.split(","))
     if unknown:
         parser.error(f"unknown columns: {', '.join(sorted(unknown))}")
     with started_columns(wanted) as columns:
-        cells = run_all(columns, args.runs, args.scale)
-    print_tables(columns, cells, args.runs)
+        print(f"load average at the start: {load_average()}", file=sys.stderr)
+        cells = run_all(columns, args.runs, args.scale, cases)
+        print(f"load average at the end: {load_average()}", file=sys.stderr)
+    print_tables(columns, cells, args.runs, cases)
+    print(f"\nload average at the end (1, 5, 15 min): {load_average()}")
 
 
 if __name__ == "__main__":
