@@ -1,14 +1,15 @@
-"""Kept-alive HTTP/1.1 connections to one broker url, on the standard library's http.client.
+"""Kept-alive HTTP/1.1 connections to one url, on the standard library's http.client.
 
-Only :mod:`sdk.transport` uses this module: it is the transport's way onto the network, not
-a second HTTP client. Why http.client and not ``requests`` or urllib3's pools: per
-one-message produce, measured in one run (docs/profiles/README.md), ``requests`` spent about
-1,300 µs of the client's CPU, urllib3's pool about 700 and http.client about 360, for the
-same request on the same kept-alive connection. Everything those libraries did for the SDK
-is here in a few lines: a pool of kept-alive connections per url (LIFO, so the warmest is
-reused), TCP_NODELAY (http.client sets it on connect), a connect timeout and a read timeout,
-TLS with the system's CAs, a CA file or directory, or no check, proxies from the environment
-when asked, and compressed replies (gzip, deflate).
+:mod:`sdk.transport` uses this module as its way onto the network (and lq_logging's HTTP
+sink, to post to an endpoint of the user's): it is not a second HTTP client. Why http.client
+and not ``requests`` or urllib3's pools: per one-message produce, measured in one run
+(docs/profiles/README.md), ``requests`` spent about 1,300 µs of the client's CPU, urllib3's
+pool about 700 and http.client about 360, for the same request on the same kept-alive
+connection. Everything those libraries did for the SDK is here in a few lines: a pool of
+kept-alive connections per url (LIFO, so the warmest is reused), TCP_NODELAY (http.client
+sets it on connect), a connect timeout and a read timeout, TLS with the system's CAs, a CA
+file or directory, or no check, proxies from the environment when asked, and compressed
+replies (gzip, deflate).
 
 A pooled connection the broker closed while it sat idle (gunicorn closes kept-alive
 connections after a few seconds) is noticed before it is used, as readable-at-EOF, and
@@ -40,7 +41,8 @@ class Route:
     """Connections to one broker url, shared by any number of threads.
 
     Args:
-        url: ``http://host:port[/prefix]`` or ``https://...``.
+        url: ``http://host:port[/prefix]`` or ``https://...`` (the HTTP sink of lq_logging
+            posts to an endpoint's url, path and query included).
         verify: for https: ``True`` (the system's CAs), ``False`` (no check), or the path of
             a CA file or directory.
         trust_env: take a proxy (``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``) and, with
@@ -57,7 +59,7 @@ class Route:
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
-        self._prefix = parts.path
+        self._prefix = parts.path + (f"?{parts.query}" if parts.query else "")
         self._maxsize = maxsize
         self._context = _ssl_context(verify, trust_env) if self._https else None
         self._proxy, self._proxy_auth = _proxy_for(parts) if trust_env else (None, {})
@@ -77,7 +79,7 @@ class Route:
             UnicodeError: a header or the target that HTTP cannot carry; nothing was sent.
             zlib.error: a compressed reply that cannot be inflated.
         """
-        target = (self._absolute or self._prefix) + target
+        target = (self._absolute or self._prefix) + target or "/"
         if self._absolute and self._proxy_auth:
             headers = {**headers, **self._proxy_auth}
         conn = self._take(timeouts[0])
