@@ -318,8 +318,9 @@ def _worker_exit(_arbiter, worker) -> None:
 
 def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, threads: int,
           on_ready: Callable[[], None], on_exit: Callable[[], None],
-          tls: tuple[str, str] | None = None) -> None:
-    """Serve until stopped; with `tls` (certfile, keyfile), HTTPS only (gunicorn's own TLS)."""
+          tls: tuple[str, str] | None = None, tuning: dict[str, Any] | None = None) -> None:
+    """Serve until stopped; with `tls` (certfile, keyfile), HTTPS only (gunicorn's own TLS).
+    `tuning`: gunicorn settings over these (docs/profiles/servers.py measures some)."""
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -343,4 +344,5 @@ def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, thr
     }
     if tls:
         options.update(certfile=tls[0], keyfile=tls[1])
+    options.update(tuning or {})
     BrokerServer(app_config, options).run()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from harness import broker, pg_database
 
 from sdk import Client
-from sdk.client import _messages as sdk_messages
+from sdk.client import messages_from as sdk_messages
 
 ROUNDS = 5
 PAYLOAD = json.dumps({"ts": "2026-01-01T12:00:00.000000+00:00", "level": "INFO",
@@ -241,24 +241,37 @@ def http_client_post(url: str, nodelay: bool,
 
 def store_statements(store, topic: str, producer_id: int,
                      seqs: itertools.count) -> Callable[[], None]:
-    """The append's statements through SQLAlchemy as the store sends them, without the
-    group commit and the NOTIFY thread: the cost of SQLAlchemy Core per statement."""
-    from broker import store as st
+    """The five statements of the append as the store sent them before issue 21, each through
+    SQLAlchemy Core, in one transaction, without the group commit and the NOTIFY thread: the
+    cost of SQLAlchemy Core per statement."""
+    from sqlalchemy import text
 
-    topic_id = store.topic_id(topic)
+    lock = text("SELECT next_offset FROM lq_topics WHERE id = :topic FOR UPDATE")
+    seqs_of = text("SELECT id, last_seq, last_first, last_last FROM lq_producers "
+                   "WHERE topic_id = :topic AND id = :id")
+    insert = text("INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) "
+                  "VALUES (:topic, :offset, :body, 0)")
+    counter = text("UPDATE lq_topics SET next_offset = :next WHERE id = :topic")
+    seq_update = text("UPDATE lq_producers SET last_seq = :seq, last_first = :offset, "
+                      "last_last = :offset WHERE id = :id")
+    topic_id = store.caches.topic_id(topic)
 
     def step() -> None:
         seq = next(seqs)
-        with store.engine.connect() as conn, conn.begin():
-            offset = conn.execute(st.LOCK_TOPIC_COUNTER["postgresql"],
-                                  {"topic": topic_id}).scalar()
-            conn.execute(st.SELECT_PRODUCER_SEQS, {"topic": topic_id, "ids": [producer_id]}).all()
-            store._insert_messages(conn, topic_id, 0, [(offset, PAYLOAD)])
-            conn.execute(st.SET_TOPIC_COUNTER, {"next": offset + 1, "topic": topic_id})
-            conn.execute(st.UPDATE_PRODUCER_SEQ, [{"id": producer_id, "seq": seq,
-                                                   "first": offset, "last": offset}])
+        with store.db.engine.connect() as conn, conn.begin():
+            offset = conn.execute(lock, {"topic": topic_id}).scalar()
+            conn.execute(seqs_of, {"topic": topic_id, "id": producer_id}).all()
+            conn.execute(insert, {"topic": topic_id, "offset": offset, "body": PAYLOAD})
+            conn.execute(counter, {"next": offset + 1, "topic": topic_id})
+            conn.execute(seq_update, {"id": producer_id, "seq": seq, "offset": offset})
 
     return step
+
+
+def without_notify(store) -> None:
+    """The store's appends wake this process's waiters only: no NOTIFY to other processes
+    (a private hook, for this measurement only)."""
+    store.producers._appended = store.wakeups.notify
 
 
 def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str, Sample]]:
@@ -287,17 +300,19 @@ def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str
     producer = client.producer([topic])
     json_headers = {"Content-Type": "application/json"}
     quiet = get_store(create_app({"LQ_DATABASE_URL": db_url, "LQ_PRUNE_INTERVAL": 0}))
-    quiet._bridge = None  # the append without its NOTIFY thread
+    without_notify(quiet)
     layers = [
         Layer("SQLAlchemy: the store's 5 append statements + COMMIT, no group commit",
               store_statements(store, topic, pids[5], seqs), calls),
         Layer("Store.append in-process, NOTIFY thread off (group commit; no Flask, no HTTP)",
-              lambda: quiet.append(topic, AppendRequest(pids[5], [PAYLOAD], next(seqs))),
+              lambda: quiet.producers.append(topic, AppendRequest(pids[5], [PAYLOAD], next(seqs))),
               calls),
         Layer("Store.append in-process (group commit; no Flask, no HTTP)",
-              lambda: store.append(topic, AppendRequest(pids[0], [PAYLOAD], next(seqs))), calls),
+              lambda: store.producers.append(topic, AppendRequest(pids[0], [PAYLOAD], next(seqs))),
+              calls),
         Layer("Store.append in-process, no seq (4 round trips to the database, not 6)",
-              lambda: store.append(topic, AppendRequest(pids[0], [PAYLOAD], None)), calls),
+              lambda: store.producers.append(topic, AppendRequest(pids[0], [PAYLOAD], None)),
+              calls),
         Layer("Flask test client: GET an unknown path in-process (JSON 404, no HTTP)",
               lambda: flask_client.get("/bench-empty"), calls),
         Layer("Flask test client: POST /producer/produce in-process (no HTTP)",
@@ -359,8 +374,8 @@ def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[
     flask_cid = client.consumer([topic]).register(topic)
 
     def in_store() -> None:
-        batch, _pos = store.fetch(topic, store_cid, 1000)
-        store.commit(topic, store_cid, batch.messages[-1].offset + 1)
+        batch, _pos = store.consumers.fetch(topic, store_cid, 1000)
+        store.consumers.commit(topic, store_cid, batch.messages[-1].offset + 1)
 
     def in_flask() -> None:
         reply = flask_client.get("/consumer/fetch", query_string={
@@ -468,6 +483,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="calls per single-path round")
     parser.add_argument("--batches", type=int, default=10, help="batches per consume round")
     parser.add_argument("--extra-path", help="a directory holding orjson/msgspec to compare")
+    parser.add_argument("--paths", choices=("single", "consume", "both"), default="both")
     args = parser.parse_args()
     if args.extra_path:
         sys.path.append(args.extra_path)
@@ -482,13 +498,16 @@ def main() -> None:
             db = f"sqlite:///{tmp}/measure.db"
         url = stack.enter_context(broker(db, workers=1))
         pid = worker_pid(url)
-        report(database_layers(db, args.calls) + single_layers(url, db, args.calls, pid),
-               "µs per call", f"Path 1 ({args.db}): one message per round trip")
-        rows = consume_layers(url, db, args.batches, pid)
-        if args.db == "pg":
-            rows = raw_consume_layer(db, args.batches) + rows
-        report(rows, "µs per batch", f"Path 2 ({args.db}): consume 1,000 + commit")
-    report(reply_costs(args.batches * 5), "µs per batch", "One fetch reply of 1,000 messages")
+        if args.paths != "consume":
+            report(database_layers(db, args.calls) + single_layers(url, db, args.calls, pid),
+                   "µs per call", f"Path 1 ({args.db}): one message per round trip")
+        if args.paths != "single":
+            rows = consume_layers(url, db, args.batches, pid)
+            if args.db == "pg":
+                rows = raw_consume_layer(db, args.batches) + rows
+            report(rows, "µs per batch", f"Path 2 ({args.db}): consume 1,000 + commit")
+    if args.paths != "single":
+        report(reply_costs(args.batches * 5), "µs per batch", "One fetch reply of 1,000 messages")
     print(f"\nload average after: {os.getloadavg()}")
 
 
