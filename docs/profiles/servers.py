@@ -4,14 +4,17 @@
     python docs/profiles/servers.py --others               # + werkzeug, and granian if importable
     pip install --target /tmp/lq-server-candidates granian   # not a dependency
     python docs/profiles/servers.py --others --extra-path /tmp/lq-server-candidates
+    python docs/profiles/servers.py --before /work/main     # + `lq broker` of another checkout
 
 One PostgreSQL database; servers of the same app on it, one worker process each: ``lq broker``
 (gunicorn, gthread worker, as shipped), then the same gunicorn with one setting changed
 (``TUNINGS``: the heartbeat file on /dev/shm, fewer threads, ...), and with ``--others``
 werkzeug's threaded server speaking HTTP/1.1 (a thread keeps its kept-alive connection: no
 hand-off between threads per request) and granian (a Rust HTTP server running the WSGI app)
-when importable. Times an empty request (an unknown path: the JSON 404) and a one-message
-produce with ``http.client``, interleaved as in measure.py, with the worker's CPU per call.
+when importable; with ``--before DIR``, also ``lq broker`` running the code of another
+checkout (the same database: a before/after in one run). Times an empty request (an unknown
+path: the JSON 404) and a one-message produce with ``http.client``, interleaved as in
+measure.py, with the worker's CPU per call.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from measure import (
     without_notify,
     worker_pid,
 )
-from support import free_port
+from support import BrokerProcess, free_port
 
 THREADS = 32  # as bench/harness.py starts `lq broker`
 #: gunicorn settings tried one at a time over the shipped ones (broker/serving.py).
@@ -181,6 +184,7 @@ def main() -> None:
     parser.add_argument("--others", action="store_true",
                         help="also werkzeug, gunicorn without NOTIFY, and granian if found")
     parser.add_argument("--extra-path", help="a directory holding granian")
+    parser.add_argument("--before", help="a checkout whose `lq broker` is measured too")
     parser.add_argument("--serve-werkzeug", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-gunicorn", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,13 +197,22 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     with pg_database() as db, broker(db, workers=1, threads=THREADS) as url:
         started = start(db, args.extra_path, args.others)
+        before = None
+        if args.before:
+            before = BrokerProcess(db, args=["--workers", "1", "--threads", str(THREADS)],
+                                   env={"PYTHONPATH": args.before}).start()
         try:
             servers = [("gunicorn gthread (lq broker, as shipped)", url, worker_pid(url))]
+            if before is not None:
+                servers.insert(0, (f"lq broker from {args.before}", before.url,
+                                   worker_pid(before.url)))
             servers += [(name, u, pid) for name, u, pid, _ in started]
             layers = [layer for s in servers for layer in layers_for(*s, args.calls)]
             report(run_layers(layers), "µs per call",
                    "One app, one database, several servers (http.client, TCP_NODELAY on)")
         finally:
+            if before is not None:
+                before.stop()
             for *_, proc in started:
                 proc.terminate()
                 proc.wait(10)
