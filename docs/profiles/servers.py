@@ -8,7 +8,7 @@
 
 One PostgreSQL database; servers of the same app on it, one worker process each: ``lq broker``
 (gunicorn, gthread worker, as shipped), then the same gunicorn with one setting changed
-(``TUNINGS``: the heartbeat file on /dev/shm, fewer threads, ...), and with ``--others``
+(``TUNINGS``: the heartbeat file back in /tmp, fewer threads, ...), and with ``--others``
 werkzeug's threaded server speaking HTTP/1.1 (a thread keeps its kept-alive connection: no
 hand-off between threads per request) and granian (a Rust HTTP server running the WSGI app)
 when importable; with ``--before DIR``, also ``lq broker`` running the code of another
@@ -48,7 +48,7 @@ from support import BrokerProcess, free_port
 THREADS = 32  # as bench/harness.py starts `lq broker`
 #: gunicorn settings tried one at a time over the shipped ones (broker/serving.py).
 TUNINGS: dict[str, dict[str, object]] = {
-    "heartbeat file on /dev/shm (worker_tmp_dir)": {"worker_tmp_dir": "/dev/shm"},
+    "heartbeat file in /tmp (gunicorn's default worker_tmp_dir)": {"worker_tmp_dir": None},
     "8 threads": {"threads": 8},
     "keepalive 60 s": {"keepalive": 60},
 }
