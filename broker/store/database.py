@@ -65,7 +65,8 @@ class Database:
                 raise Unavailable("the database is busy: no write slot within "
                                   f"{WRITE_LOCK_TIMEOUT:.0f} s")
             try:
-                proxied = self.engine.raw_connection()
+                with _as_sqlalchemy_errors(self.engine):  # the pool connects: no server?
+                    proxied = self.engine.raw_connection()
                 try:
                     with self.dialect.bounded(proxied.dbapi_connection), \
                             _as_sqlalchemy_errors(self.engine, proxied):
@@ -106,15 +107,17 @@ class Database:
 
 
 @contextmanager
-def _as_sqlalchemy_errors(engine: Engine, proxied: Any) -> Iterator[None]:
+def _as_sqlalchemy_errors(engine: Engine, proxied: Any = None) -> Iterator[None]:
     """Driver errors raised as SQLAlchemy raises them (so driver.py translates them as any
-    other); a connection the error shows broken is invalidated, never pooled again."""
+    other); `proxied`, a pooled connection the error shows broken, is invalidated, never
+    pooled again. (The pool's own connect raises the driver's error as it is.)"""
     dbapi_error = engine.dialect.loaded_dbapi.Error
     try:
         yield
     except dbapi_error as exc:
-        broken = engine.dialect.is_disconnect(exc, proxied.dbapi_connection, None)
-        if broken:
+        broken = proxied is None or engine.dialect.is_disconnect(
+            exc, proxied.dbapi_connection, None)
+        if broken and proxied is not None:
             proxied.invalidate(exc)
         raise sa_exc.DBAPIError.instance(None, None, exc, dbapi_error,
                                          connection_invalidated=broken,
