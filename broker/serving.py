@@ -49,6 +49,7 @@ ERROR_CODES = {400: "bad_request", 403: "forbidden", 408: "timeout", 414: "too_l
                417: "expectation_failed", 431: "too_large", 500: "internal",
                501: "not_implemented"}
 MAX_REASON = 500  # characters of the client's input echoed back (a request line may be 1 MiB)
+HEARTBEAT_DIR = "/dev/shm"  # a memory filesystem, where there is one
 
 
 def long_poll_limit(threads: int) -> int:
@@ -162,6 +163,18 @@ class JsonErrorWorker(ThreadWorker):
         self.heads[conn] = None
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.read_head, conn))
         self.gathered(conn, 0)
+
+    def on_client_socket_readable(self, conn, client) -> None:
+        """A kept-alive connection's next request: read its head now (the socket is readable)
+        rather than register it again and wait for the poller's next round."""
+        if not isinstance(conn, Conn):
+            super().on_client_socket_readable(conn, client)
+            return
+        self.keepalived_conns.remove(conn)
+        conn.start_head(time.monotonic() + HEAD_TIMEOUT)
+        self.heads[conn] = None
+        self.poller.modify(conn.sock, selectors.EVENT_READ, partial(self.read_head, conn))
+        self.read_head(conn)
 
     def read_head(self, conn: Conn, _sock: object = None) -> None:
         data = _receive(conn.sock)
@@ -318,8 +331,9 @@ def _worker_exit(_arbiter, worker) -> None:
 
 def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, threads: int,
           on_ready: Callable[[], None], on_exit: Callable[[], None],
-          tls: tuple[str, str] | None = None) -> None:
-    """Serve until stopped; with `tls` (certfile, keyfile), HTTPS only (gunicorn's own TLS)."""
+          tls: tuple[str, str] | None = None, tuning: dict[str, Any] | None = None) -> None:
+    """Serve until stopped; with `tls` (certfile, keyfile), HTTPS only (gunicorn's own TLS).
+    `tuning`: gunicorn settings over these (docs/profiles/servers.py measures some)."""
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -328,6 +342,9 @@ def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, thr
         "timeout": WORKER_TIMEOUT,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "keepalive": 5,
+        # The heartbeat touches a file every loop; on a disk's filesystem that can stall
+        # behind the database's fsyncs (gunicorn's docs advise a memory filesystem).
+        "worker_tmp_dir": HEARTBEAT_DIR if os.path.isdir(HEARTBEAT_DIR) else None,
         # gunicorn's request-line cap tops out at 8,190 bytes; the worker's own is
         # HEAD_LINE_LIMIT, checked as the head arrives (JsonErrorWorker).
         "limit_request_line": 0,
@@ -343,4 +360,5 @@ def serve(app_config: dict[str, Any], *, host: str, port: int, workers: int, thr
     }
     if tls:
         options.update(certfile=tls[0], keyfile=tls[1])
+    options.update(tuning or {})
     BrokerServer(app_config, options).run()

@@ -32,6 +32,10 @@ class Wakeups:
     def close(self) -> None:
         """The process is stopping: every waiter returns now, and no new wait blocks."""
         self.closed = True
+        self.notify_all()
+
+    def notify_all(self) -> None:
+        """Wake every waiter, whatever its topic: each reads the database again."""
         for topic_id in list(self._topics):
             self.notify(topic_id)
 

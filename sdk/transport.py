@@ -1,9 +1,10 @@
-"""HTTP transport: the only SDK module that imports :mod:`requests`.
+"""HTTP transport: the only SDK module that talks HTTP.
 
-A :class:`Transport` owns one pooled :class:`requests.Session` and sends every call of one
-client: JSON bodies for POST, query parameters for GET, a ``(connect, read)`` timeout on every
-request (the read timeout grows with a long-poll's ``wait``), token auth, retries with
-exponential backoff and jitter, and failover between several broker urls.
+A :class:`Transport` owns kept-alive connections to each broker url (:mod:`sdk.connections`,
+on the standard library's http.client) and sends every call of one client: JSON bodies for
+POST, query parameters for GET, a ``(connect, read)`` timeout on every request (the read
+timeout grows with a long-poll's ``wait``), token auth, retries with exponential backoff and
+jitter, and failover between several broker urls.
 
 Retries. Only failures where the broker did not give an answer are retried: connection errors,
 timeouts and 5xx statuses (the broker's 503 ``unavailable`` when its database is down, a proxy's
@@ -16,23 +17,23 @@ request to it fails, the transport moves to the next url and retries there at on
 (backoff) only when every url has failed since the last pause. Several threads agree on the
 current url: a thread only moves it on from the url it saw fail.
 
-Threading contract. One :class:`Transport` may be shared by any number of threads. The
-``requests.Session`` (its connection pool, default headers and auth) is shared and never
-mutated once opened; everything that varies per request (url, parameters, body,
-timeout) is passed per call, so no per-request state lives on the session. The connection
-pool holds ``pool_maxsize`` connections per broker; more concurrent threads still work, with
-extra connections opened and closed as needed.
+Threading contract. One :class:`Transport` may be shared by any number of threads. Its
+connection pools (one per url) hand each request a connection of its own; the headers it
+sends are built once and never mutated; everything that varies per request (url, parameters,
+body, timeout) is passed per call. Each pool keeps ``pool_maxsize`` idle connections per
+broker; more concurrent threads still work, with extra connections opened and closed as
+needed.
 
 Fork. A forked child may go on using a transport it inherited. In the child, the parent's
-session is dropped (its pooled sockets are the parent's connections: the child never sends
-on them, and dropping them closes only the child's copies), and the child's first request
-opens a session of its own. The transport's lock is new in the child too, as a thread of the
-parent may have held it at the fork.
+pools are dropped (their sockets are the parent's connections: the child never sends on
+them, and dropping them closes only the child's copies), and the child's first request
+opens connections of its own. The transport's lock is new in the child too, as a thread of
+the parent may have held it at the fork.
 """
 
 from __future__ import annotations
 
-import json
+import http.client
 import os
 import random
 import threading
@@ -41,10 +42,11 @@ import weakref
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
-import requests
-from requests.adapters import HTTPAdapter
+import orjson
 
+from sdk.connections import ACCEPT_ENCODING, Route
 from sdk.contract import DEFAULT_URL, check_url
 from sdk.exceptions import (
     BrokerUnavailable,
@@ -56,8 +58,9 @@ from sdk.exceptions import (
 
 USER_AGENT = "logqueue-sdk/0.1"
 
-#: requests exceptions meaning "no usable answer": retried, and the next url is tried.
-_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+#: Exceptions meaning "no usable answer" (refused, reset, closed, timed out, TLS refused, a
+#: reply cut short): retried, and the next url is tried.
+_RETRYABLE = (OSError, http.client.HTTPException)
 
 
 def normalize_url(url: str) -> str:
@@ -100,8 +103,6 @@ def parse_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
     return parsed
 
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
-_GZIP_JSON_HEADERS = {**_JSON_HEADERS, "Content-Encoding": "gzip"}
 #: Request bodies above this many bytes go gzipped (when ``compress``); smaller ones would
 #: gain a few bytes for a header and the CPU.
 COMPRESS_ABOVE = 4096
@@ -137,16 +138,17 @@ class Transport:
         retries: how many times a failed request is sent again (to the next url first).
         backoff: the first pause, in seconds, once every url has failed; doubled each time.
         backoff_max: the largest pause.
-        pool_maxsize: connections kept per broker.
-        verify: how to check an ``https://`` broker's certificate: a CA file, ``False`` to
-            skip the check, or ``True`` for the system's CAs (see :func:`parse_verify`).
-        trust_env: read proxies, ``.netrc`` and CA bundles from the environment, as
-            ``requests`` does by default. Off by default: a log shipper should not be routed
-            through a proxy by a stray ``HTTP_PROXY``, and the environment scan costs about a
-            quarter of the client's CPU per request.
+        pool_maxsize: idle connections kept per broker.
+        verify: how to check an ``https://`` broker's certificate: a CA file or directory,
+            ``False`` to skip the check, or ``True`` for the system's CAs (see
+            :func:`parse_verify`).
+        trust_env: take a proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) and, with
+            ``verify=True``, a CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) from
+            the environment. Off by default: a log shipper should not be routed through a
+            proxy by a stray ``HTTP_PROXY``.
         compress: gzip request bodies over 4 KiB (batches of log records shrink several
-            times) and take compressed replies (``requests`` asks for gzip and inflates it).
-            ``False`` sends and asks for plain bodies: less CPU, more bytes.
+            times) and take compressed replies (gzip, deflate). ``False`` sends and asks for
+            plain bodies: less CPU, more bytes.
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -164,15 +166,15 @@ class Transport:
         self.retries = retries
         self.backoff = backoff
         self.backoff_max = backoff_max
-        self._token = token
         self._pool_maxsize = pool_maxsize
         self._trust_env = trust_env
         self.compress = compress
         self._verify = parse_verify(verify)
+        self._headers, self._unsendable = _headers(token, compress)
         self._active = 0
         self._lock = threading.Lock()
         self._closed = False
-        self._session: requests.Session | None = self._new_session()
+        self._routes: tuple[Route, ...] | None = self._new_routes()
         reset_after_fork(self)
 
     # -- public -------------------------------------------------------------------------
@@ -214,13 +216,11 @@ class Transport:
         """
         if self._closed:
             raise LogQueueError("the transport is closed", code="closed")
+        if self._unsendable is not None:
+            raise UnencodableRequest(f"{method} {path}: {self._unsendable}")
         if params:
             params = {k: v for k, v in params.items() if v is not None}
-        is_get = method.upper() == "GET"
-        query, body = (params, None) if is_get else (None, _json_body(method, path, params))
-        headers = None if body is None else _JSON_HEADERS
-        if body is not None and self.compress and len(body) > COMPRESS_ABOVE:
-            body, headers = _gzip(body), _GZIP_JSON_HEADERS
+        target, body, headers = self._encode(method, path, params)
         timeout = (self.connect_timeout, self.read_timeout + max(wait, 0.0))
         failed: set[int] = set()
         pauses = 0
@@ -231,7 +231,7 @@ class Transport:
                 time.sleep(self._delay(pauses))
                 pauses += 1
                 failed.clear()
-            answer = self._send(method, self.urls[index], path, query, (body, headers), timeout)
+            answer = self._send(method, index, target, (body, headers), timeout)
             if not isinstance(answer, LogQueueError):
                 return answer
             failed.add(index)
@@ -244,8 +244,8 @@ class Transport:
         """Close the pooled connections. Idempotent."""
         self._closed = True
         _FORK_AWARE.discard(self)
-        if self._session is not None:
-            self._session.close()
+        for route in self._routes or ():
+            route.close()
 
     def __enter__(self) -> Transport:
         return self
@@ -258,55 +258,63 @@ class Transport:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _send(self, method: str, url: str, path: str, query: Mapping[str, Any] | None,
-              payload: tuple[bytes | None, Mapping[str, str] | None],
-              timeout: tuple[float, float]) -> dict[str, Any] | LogQueueError:
-        """Send once to ``url`` the (body, headers) ``payload``: the success body, or the error
-        to retry elsewhere (no answer, or a 5xx). Raise what no retry can mend (a 4xx, a
-        request that cannot be built)."""
-        session = self._session or self._open_session()
-        body, headers = payload
+    def _encode(self, method: str, path: str, params: Mapping[str, Any] | None
+                ) -> tuple[str, bytes | None, Mapping[str, str]]:
+        """The request target, body and headers, or :class:`UnencodableRequest`."""
+        if method.upper() != "GET":
+            body = _json_body(method, path, params)
+            if self.compress and len(body) > COMPRESS_ABOVE:
+                return path, _gzip(body), self._headers["gzip"]
+            return path, body, self._headers["json"]
+        if not params:
+            return path, None, self._headers["get"]
         try:
-            resp = session.request(method, url + path, params=query, data=body,
-                                   headers=headers, timeout=timeout)
+            return f"{path}?{urlencode(params, doseq=True)}", None, self._headers["get"]
+        except UnicodeError as exc:  # a lone surrogate in a value
+            raise UnencodableRequest(f"{method} {path}: cannot encode the request: "
+                                     f"{exc}") from exc
+
+    def _send(self, method: str, index: int, target: str,
+              payload: tuple[bytes | None, Mapping[str, str]],
+              timeout: tuple[float, float]) -> dict[str, Any] | LogQueueError:
+        """Send once to url ``index`` the (body, headers) ``payload``: the success body, or
+        the error to retry elsewhere (no answer, or a 5xx). Raise what no retry can mend (a
+        4xx, a request that cannot be built, a reply that cannot be inflated)."""
+        url = self.urls[index]
+        route = (self._routes or self._open_routes())[index]
+        try:
+            status, data = route.send(method, target, payload[0], payload[1], timeout)
         except _RETRYABLE as exc:
-            error = BrokerUnavailable(f"{method} {url}{path}: {type(exc).__name__}: {exc}",
+            error = BrokerUnavailable(f"{method} {url}{target}: {type(exc).__name__}: {exc}",
                                       status=None)
             error.__cause__ = exc
             return error
-        except UnicodeError as exc:  # a query value or the token that cannot be encoded
-            raise UnencodableRequest(f"{method} {path}: cannot encode the request: {exc}") from exc
-        except requests.RequestException as exc:
-            raise LogQueueError(f"{method} {url}{path}: {exc}", code="client_error") from exc
-        if resp.status_code < 500:
-            return _decode(resp)
-        return _decode_failure(resp)
+        except UnicodeError as exc:  # the target or a header that HTTP cannot carry
+            raise UnencodableRequest(f"{method} {target}: cannot encode the request: "
+                                     f"{exc}") from exc
+        except zlib.error as exc:
+            raise LogQueueError(f"{method} {url}{target}: the reply cannot be inflated: {exc}",
+                                code="client_error") from exc
+        where = f"{url}{target}"
+        if status < 500:
+            return _decode(status, data, where)
+        return _decode_failure(status, data, where)
 
-    def _new_session(self) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = self._trust_env
-        session.verify = self._verify
-        adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=self._pool_maxsize)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers["User-Agent"] = USER_AGENT
-        if not self.compress:
-            session.headers["Accept-Encoding"] = "identity"
-        if self._token:
-            session.headers["Authorization"] = f"Bearer {self._token}"
-        return session
+    def _new_routes(self) -> tuple[Route, ...]:
+        return tuple(Route(url, verify=self._verify, trust_env=self._trust_env,
+                           maxsize=self._pool_maxsize) for url in self.urls)
 
-    def _open_session(self) -> requests.Session:
-        """The session of this process, opened on first use after a fork."""
+    def _open_routes(self) -> tuple[Route, ...]:
+        """The pools of this process, opened on first use after a fork."""
         with self._lock:
-            if self._session is None:
-                self._session = self._new_session()
-            return self._session
+            if self._routes is None:
+                self._routes = self._new_routes()
+            return self._routes
 
     def _after_fork(self) -> None:
-        """In a forked child: forget the parent's session and lock (see the module docstring)."""
+        """In a forked child: forget the parent's pools and lock (see the module docstring)."""
         self._lock = threading.Lock()
-        self._session = None
+        self._routes = None
 
     def _fail_over(self, index: int) -> None:
         """Move to the url after ``index``, unless another thread already moved on."""
@@ -321,13 +329,33 @@ class Transport:
         return step / 2 + random.uniform(0, step / 2)
 
 
+def _headers(token: str | None, compress: bool) -> tuple[dict[str, dict[str, str]], str | None]:
+    """The three header sets requests are sent with (GET, JSON body, gzipped JSON body), built
+    once; and why the token cannot be sent, if it cannot (HTTP headers are Latin-1, one
+    line)."""
+    base = {"User-Agent": USER_AGENT,
+            "Accept-Encoding": ACCEPT_ENCODING if compress else "identity"}
+    unsendable = None
+    if token:
+        value = f"Bearer {token}"
+        try:
+            value.encode("latin-1")
+        except UnicodeError as exc:
+            unsendable = f"the token cannot be sent in an HTTP header: {exc}"
+        if "\r" in value or "\n" in value:
+            unsendable = "the token cannot be sent in an HTTP header: it holds a line break"
+        base["Authorization"] = value
+    json_headers = {**base, "Content-Type": "application/json"}
+    return {"get": base, "json": json_headers,
+            "gzip": {**json_headers, "Content-Encoding": "gzip"}}, unsendable
+
+
 def _json_body(method: str, path: str, params: Mapping[str, Any] | None) -> bytes:
     """``params`` as a compact UTF-8 JSON body, or :class:`UnencodableRequest`."""
     try:
         # UTF-8 as is, not \uXXXX escapes: bodies stay at the size the broker limits count.
-        return json.dumps(params or {}, ensure_ascii=False,
-                          separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
+        return orjson.dumps(params or {})
+    except TypeError as exc:  # orjson.JSONEncodeError: a lone surrogate, bytes, a huge int
         raise UnencodableRequest(f"{method} {path}: cannot encode the request as UTF-8 JSON: "
                                  f"{exc}") from exc
 
@@ -337,32 +365,32 @@ def _gzip(body: bytes) -> bytes:
     return deflater.compress(body) + deflater.flush()
 
 
-def _body(resp: requests.Response) -> dict[str, Any] | None:
+def _body(data: bytes) -> dict[str, Any] | None:
     try:
-        body = json.loads(resp.content)
+        body = orjson.loads(data)
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
 
 
-def _decode(resp: requests.Response) -> dict[str, Any]:
+def _decode(status: int, data: bytes, where: str) -> dict[str, Any]:
     """The success body of a non-5xx answer, or raise the matching exception."""
-    body = _body(resp)
+    body = _body(data)
     if body is None:
-        raise ProtocolError(f"HTTP {resp.status_code} from {resp.url}: not a JSON object: "
-                            f"{resp.text[:200]!r}", status=resp.status_code)
-    if resp.status_code == 200 and body.get("status") == "success":
+        text = data[:200].decode("utf-8", "replace")
+        raise ProtocolError(f"HTTP {status} from {where}: not a JSON object: {text!r}",
+                            status=status)
+    if status == 200 and body.get("status") == "success":
         return body
-    raise error_from_response(resp.status_code, body)
+    raise error_from_response(status, body)
 
 
-def _decode_failure(resp: requests.Response) -> LogQueueError:
+def _decode_failure(status: int, data: bytes, where: str) -> LogQueueError:
     """The exception for a 5xx answer (JSON or not)."""
-    body = _body(resp)
+    body = _body(data)
     if body is None:
-        return BrokerUnavailable(f"HTTP {resp.status_code} from {resp.url}",
-                                 status=resp.status_code)
-    return error_from_response(resp.status_code, body)
+        return BrokerUnavailable(f"HTTP {status} from {where}", status=status)
+    return error_from_response(status, body)
 
 
 __all__ = ["Transport", "normalize_url", "parse_urls", "parse_verify"]

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause
+from sqlalchemy import exc as sa_exc
 
 from ..errors import Unavailable
 from ..models import SCHEMA_VERSION, metadata, schema_version
@@ -52,6 +53,30 @@ class Database:
                 if locked:
                     self._write_lock.release()
 
+    @contextmanager
+    def driver_connection(self, write: bool = False) -> Iterator[Any]:
+        """A pooled connection's driver (DB-API) connection, for work that sends its own
+        statements, transaction control included (appends.py): the same write slot, deadline
+        and error translation as `transaction`. A driver error goes on as SQLAlchemy would
+        raise it, and a connection it broke leaves the pool."""
+        with self.translated():
+            locked = self._write_lock is not None and write
+            if locked and not self._write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
+                raise Unavailable("the database is busy: no write slot within "
+                                  f"{WRITE_LOCK_TIMEOUT:.0f} s")
+            try:
+                with _as_sqlalchemy_errors(self.engine):  # the pool connects: no server?
+                    proxied = self.engine.raw_connection()
+                try:
+                    with self.dialect.bounded(proxied.dbapi_connection), \
+                            _as_sqlalchemy_errors(self.engine, proxied):
+                        yield proxied.dbapi_connection
+                finally:
+                    proxied.close()
+            finally:
+                if locked:
+                    self._write_lock.release()
+
     def translated(self, **context: Any) -> AbstractContextManager[None]:
         """Driver errors translated (driver.py) with `context` for the messages, for a block
         inside or outside `transaction`."""
@@ -79,6 +104,24 @@ class Database:
         with self.transaction() as conn:
             conn.execute(PING)
             return self.dialect.server(conn)
+
+
+@contextmanager
+def _as_sqlalchemy_errors(engine: Engine, proxied: Any = None) -> Iterator[None]:
+    """Driver errors raised as SQLAlchemy raises them (so driver.py translates them as any
+    other); `proxied`, a pooled connection the error shows broken, is invalidated, never
+    pooled again. (The pool's own connect raises the driver's error as it is.)"""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as exc:
+        broken = proxied is None or engine.dialect.is_disconnect(
+            exc, proxied.dbapi_connection, None)
+        if broken and proxied is not None:
+            proxied.invalidate(exc)
+        raise sa_exc.DBAPIError.instance(None, None, exc, dbapi_error,
+                                         connection_invalidated=broken,
+                                         dialect=engine.dialect) from exc
 
 
 def configure_engine(engine: Engine) -> None:

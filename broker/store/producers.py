@@ -1,8 +1,9 @@
 """Producers: registrations and appends.
 
 Batch is the primitive: concurrent appends to one topic in one process share a transaction
-(groupcommit.py). The idempotence rule lives here too: an append with a seq the producer
-already applied answers with that append's offsets, whatever it holds now.
+(groupcommit.py), whose statements run on the driver's own connection in two round trips
+(appends.py). The idempotence rule lives here too: an append with a seq the producer already
+applied answers with that append's offsets, whatever it holds now.
 """
 
 from __future__ import annotations
@@ -11,20 +12,16 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection
-from sqlalchemy import exc as sa_exc
-
 from ..errors import BrokerError, Unavailable, UnknownId, UnknownTopic
 from ..groupcommit import GroupCommit
 from . import queries as q
+from .appends import LastSeq, SeqUpdate, append_sql
 from .caches import Caches, retry_stale_topic
 from .database import Database
 from .records import AppendRequest, AppendResult, now_us
 from .topics import Topics
 
 log = logging.getLogger("broker.store")
-
-LastSeq = tuple[int | None, int | None, int | None]  # a producer's last seq, first, last
 
 
 def replay(seq: int, last: LastSeq) -> AppendResult | None:
@@ -45,7 +42,7 @@ class _Plan:
         self.offset = next_offset
         self.last = last
         self.rows: list[tuple[int, str]] = []
-        self.seq_updates: dict[int, dict[str, int]] = {}
+        self.seq_updates: dict[int, SeqUpdate] = {}  # by producer: the last of the group's
         self.results: list[AppendResult] = []
 
     def add(self, request: AppendRequest) -> None:
@@ -64,8 +61,7 @@ class _Plan:
         self.rows.extend(zip(range(first, self.offset), request.bodies, strict=True))
         if request.seq is not None:
             self.last[request.producer_id] = (request.seq, first, last)
-            self.seq_updates[request.producer_id] = {
-                "id": request.producer_id, "seq": request.seq, "first": first, "last": last}
+            self.seq_updates[request.producer_id] = (request.producer_id, request.seq, first, last)
         self.results.append(AppendResult(first, last))
 
 
@@ -77,6 +73,7 @@ class Producers:
         self.caches = caches
         self.topics = topics
         self._appended = appended
+        self._sql = append_sql(db.dialect)
         self._appenders: dict[int, GroupCommit[AppendRequest, AppendResult]] = {}
         self._appenders_lock = threading.Lock()
         caches.on_forget_topic(lambda topic_id: self._appenders.pop(topic_id, None))
@@ -125,8 +122,8 @@ class Producers:
     def _replayed(self, topic: str, request: AppendRequest) -> AppendResult | None:
         topic_id = self.caches.topic_id(topic)
         with self.db.transaction() as conn:
-            row = conn.execute(q.SELECT_PRODUCER_SEQS,
-                               {"topic": topic_id, "ids": [request.producer_id]}).first()
+            row = conn.execute(q.SELECT_PRODUCER_SEQ,
+                               {"topic": topic_id, "id": request.producer_id}).first()
         return None if row is None else replay(request.seq, tuple(row[1:]))
 
     def _appender(self, topic_id: int) -> GroupCommit[AppendRequest, AppendResult]:
@@ -140,56 +137,22 @@ class Producers:
         return appender
 
     def _append_group(self, topic_id: int, group: Sequence[AppendRequest]) -> list[AppendResult]:
+        """One transaction for the group: the counter row locked, the seqs read under the
+        lock, the rows inserted, the counter and the seqs moved, committed (appends.py)."""
         stamp = now_us()
-        with_seq = any(r.seq is not None for r in group)
-        with self.db.transaction(write=True) as conn:
-            plan = self._plan(conn, topic_id, group, with_seq)
+        producer_ids = sorted({r.producer_id for r in group})
+        with self.db.driver_connection(write=True) as conn, self._sql.session(conn):
+            next_offset, last = self._sql.lock_and_read(conn, topic_id, producer_ids)
+            if next_offset is None:
+                raise UnknownTopic("the topic was deleted")
+            plan = _Plan(next_offset, last)
             for request in group:
                 plan.add(request)
-            if plan.rows:
-                self._insert_messages(conn, topic_id, stamp, plan.rows)
-            if with_seq:
-                conn.execute(q.SET_TOPIC_COUNTER, {"next": plan.offset, "topic": topic_id})
-            if plan.seq_updates:
-                conn.execute(q.UPDATE_PRODUCER_SEQ, list(plan.seq_updates.values()))
+            self._sql.write_and_commit(conn, topic_id, stamp, plan.rows, plan.offset,
+                                       list(plan.seq_updates.values()))
         if plan.rows:  # committed: wake-ups are hints and must not fail the append
             try:
                 self._appended(topic_id)
             except Exception as exc:  # noqa: BLE001 - waiters re-check the database anyway
                 log.warning("wake-up after append failed: %s", exc)
         return plan.results
-
-    def _plan(self, conn: Connection, topic_id: int, group: Sequence[AppendRequest],
-              with_seq: bool) -> _Plan:
-        """Take the topic's counter for the group. With seqs, the producers' seq state is
-        read under the counter row's lock; without, the counter moves in one statement."""
-        producers = {"topic": topic_id, "ids": sorted({r.producer_id for r in group})}
-        if with_seq:
-            next_offset = conn.execute(self.db.dialect.lock_topic_counter,
-                                       {"topic": topic_id}).scalar()
-            last = {row[0]: tuple(row[1:]) for row in conn.execute(q.SELECT_PRODUCER_SEQS,
-                                                                    producers)}
-        else:
-            last = {row[0]: tuple(row[1:]) for row in conn.execute(q.SELECT_PRODUCER_SEQS,
-                                                                    producers)}
-            count = sum(len(r.bodies) for r in group if r.producer_id in last)
-            advanced = conn.execute(q.ADVANCE_TOPIC_COUNTER,
-                                    {"n": count, "topic": topic_id}).scalar()
-            next_offset = None if advanced is None else advanced - count
-        if next_offset is None:
-            raise UnknownTopic("the topic was deleted")
-        return _Plan(next_offset, last)
-
-    def _insert_messages(self, conn: Connection, topic_id: int, stamp: int,
-                         rows: list[tuple[int, str]]) -> None:
-        """Insert (offset, body) rows through the driver: per-row SQLAlchemy parameter
-        processing cost more than the insert itself on large batches."""
-        cursor = conn.connection.dbapi_connection.cursor()
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        try:
-            self.db.dialect.insert_messages(cursor, topic_id, stamp, rows)
-        except dbapi_error as exc:  # the driver's own error: as SQLAlchemy would raise it
-            raise sa_exc.DBAPIError.instance("INSERT INTO lq_messages", None, exc,
-                                             dbapi_error) from exc
-        finally:
-            cursor.close()

@@ -6,7 +6,7 @@ differ between SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 # A registration's position: the first offset of its oldest outstanding lease, else its
 # `position` column (with leases, the dispatch cursor). `c` is the lq_consumers row.
@@ -26,9 +26,6 @@ SELECT_TOPIC_BOUNDS = text("SELECT first_offset, next_offset FROM lq_topics WHER
 LOCK_TOPIC_COUNTER_PG = text("SELECT next_offset FROM lq_topics WHERE id = :topic FOR UPDATE")
 LOCK_TOPIC_COUNTER_SQLITE = text(  # the write transaction's BEGIN IMMEDIATE is the lock
     "SELECT next_offset FROM lq_topics WHERE id = :topic")
-ADVANCE_TOPIC_COUNTER = text(
-    "UPDATE lq_topics SET next_offset = next_offset + :n WHERE id = :topic RETURNING next_offset")
-SET_TOPIC_COUNTER = text("UPDATE lq_topics SET next_offset = :next WHERE id = :topic")
 SET_TOPIC_RETENTION = text(
     "UPDATE lq_topics SET retention_ms = :retention_ms, retention_messages = :retention_messages "
     "WHERE id = :topic")
@@ -77,14 +74,33 @@ PRUNE_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
 INSERT_PRODUCER = text(
     "INSERT INTO lq_producers (id, topic_id, created_us) VALUES (:id, :topic, :now)")
 SELECT_PRODUCER_TOPIC = text("SELECT topic_id FROM lq_producers WHERE id = :id")
-SELECT_PRODUCER_SEQS = text(
+SELECT_PRODUCER_SEQ = text(
     "SELECT id, last_seq, last_first, last_last FROM lq_producers "
-    "WHERE topic_id = :topic AND id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
+    "WHERE topic_id = :topic AND id = :id")
 DELETE_PRODUCER = text("DELETE FROM lq_producers WHERE id = :id AND topic_id = :topic")
-UPDATE_PRODUCER_SEQ = text(
-    "UPDATE lq_producers SET last_seq = :seq, last_first = :first, last_last = :last "
-    "WHERE id = :id")
+
+# --- appends (appends.py): through the driver, plain DB-API strings ----------------------------
+# PostgreSQL: BEGIN, the counter row locked, then (a statement of its own, so with a snapshot
+# taken under the lock) the counter and the producers' seq state, in one round trip.
+LOCK_AND_READ_PG = (
+    "BEGIN; "
+    "SELECT next_offset FROM lq_topics WHERE id = %(topic)s FOR UPDATE; "
+    "SELECT t.next_offset, p.id, p.last_seq, p.last_first, p.last_last FROM lq_topics t "
+    "LEFT JOIN lq_producers p ON p.topic_id = t.id AND p.id = ANY(CAST(%(ids)s AS bigint[])) "
+    "WHERE t.id = %(topic)s")
+INSERT_MESSAGES_PG = "INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) VALUES "
+MESSAGE_ROW_PG = "(%s, %s, %s, %s)"
+SET_COUNTER_PG = "UPDATE lq_topics SET next_offset = %s WHERE id = %s"
+SET_PRODUCER_SEQ_PG = (
+    "UPDATE lq_producers SET last_seq = %s, last_first = %s, last_last = %s WHERE id = %s")
+# SQLite: the write transaction's BEGIN IMMEDIATE is the lock.
+READ_COUNTER_SQLITE = "SELECT next_offset FROM lq_topics WHERE id = ?"
+PRODUCER_SEQS_SQLITE = (  # {ids}: one "?" per producer id
+    "SELECT id, last_seq, last_first, last_last FROM lq_producers "
+    "WHERE topic_id = ? AND id IN ({ids})")
+SET_COUNTER_SQLITE = "UPDATE lq_topics SET next_offset = ? WHERE id = ?"
+SET_PRODUCER_SEQ_SQLITE = (
+    "UPDATE lq_producers SET last_seq = ?, last_first = ?, last_last = ? WHERE id = ?")
 
 # --- consumers ---------------------------------------------------------------------------------
 INSERT_CONSUMER = text(
@@ -185,11 +201,19 @@ INSERT_MESSAGE_SQLITE = (
 INSERT_MESSAGE_PG = (
     "INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) VALUES (%s, %s, %s, %s)")
 
-# --- wake-ups across processes (PostgreSQL) ----------------------------------------------------
+# --- wake-ups across processes (PostgreSQL; through the driver: plain DB-API strings) ----------
 NOTIFY_CHANNEL = "lq_append"
-NOTIFY_TOPICS = text(
-    "SELECT pg_notify(:channel, CAST(t AS text)) FROM unnest(CAST(:ids AS bigint[])) AS t")
+LISTENER_NAME = "logqueue-listen"  # the application_name of every LISTEN connection
+# A hint needs no durability: its transaction commits without waiting for the WAL flush.
+NOTIFY_TOPICS = (
+    "SET LOCAL synchronous_commit TO off; "
+    "SELECT pg_notify(%(channel)s, CAST(t AS text)) FROM unnest(CAST(%(ids)s AS bigint[])) AS t")
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+NAME_LISTENER = "SELECT set_config('application_name', %(name)s, false)"
+# Whether a LISTEN connection of another process is open on this database.
+OTHER_LISTENERS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = %(name)s AND pid <> %(pid)s)")
 
 # --- history: reads of the past without a registration (the web page) -----------------------
 # Appends per second over an offset range, from the messages' append times (a range scan on

@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from harness import broker, pg_database
 
 from sdk import Client
-from sdk.client import _messages as sdk_messages
 
 ROUNDS = 5
 PAYLOAD = json.dumps({"ts": "2026-01-01T12:00:00.000000+00:00", "level": "INFO",
@@ -123,7 +122,7 @@ def report(rows: list[tuple[str, Sample]], unit: str, title: str) -> None:
 
 
 # --- the database alone ----------------------------------------------------------------------
-APPEND_STATEMENTS = [  # what Store._append_group sends for one message with a seq
+APPEND_STATEMENTS = [  # what the store sent for one message with a seq before session 4
     ("SELECT next_offset FROM lq_topics WHERE id = %(t)s FOR UPDATE", False),
     ("SELECT id, last_seq, last_first, last_last FROM lq_producers "
      "WHERE topic_id = %(t)s AND id IN (%(p)s)", False),
@@ -241,24 +240,37 @@ def http_client_post(url: str, nodelay: bool,
 
 def store_statements(store, topic: str, producer_id: int,
                      seqs: itertools.count) -> Callable[[], None]:
-    """The append's statements through SQLAlchemy as the store sends them, without the
-    group commit and the NOTIFY thread: the cost of SQLAlchemy Core per statement."""
-    from broker import store as st
+    """The five statements of the append as the store sent them before issue 21, each through
+    SQLAlchemy Core, in one transaction, without the group commit and the NOTIFY thread: the
+    cost of SQLAlchemy Core per statement."""
+    from sqlalchemy import text
 
-    topic_id = store.topic_id(topic)
+    lock = text("SELECT next_offset FROM lq_topics WHERE id = :topic FOR UPDATE")
+    seqs_of = text("SELECT id, last_seq, last_first, last_last FROM lq_producers "
+                   "WHERE topic_id = :topic AND id = :id")
+    insert = text("INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) "
+                  "VALUES (:topic, :offset, :body, 0)")
+    counter = text("UPDATE lq_topics SET next_offset = :next WHERE id = :topic")
+    seq_update = text("UPDATE lq_producers SET last_seq = :seq, last_first = :offset, "
+                      "last_last = :offset WHERE id = :id")
+    topic_id = store.caches.topic_id(topic)
 
     def step() -> None:
         seq = next(seqs)
-        with store.engine.connect() as conn, conn.begin():
-            offset = conn.execute(st.LOCK_TOPIC_COUNTER["postgresql"],
-                                  {"topic": topic_id}).scalar()
-            conn.execute(st.SELECT_PRODUCER_SEQS, {"topic": topic_id, "ids": [producer_id]}).all()
-            store._insert_messages(conn, topic_id, 0, [(offset, PAYLOAD)])
-            conn.execute(st.SET_TOPIC_COUNTER, {"next": offset + 1, "topic": topic_id})
-            conn.execute(st.UPDATE_PRODUCER_SEQ, [{"id": producer_id, "seq": seq,
-                                                   "first": offset, "last": offset}])
+        with store.db.engine.connect() as conn, conn.begin():
+            offset = conn.execute(lock, {"topic": topic_id}).scalar()
+            conn.execute(seqs_of, {"topic": topic_id, "id": producer_id}).all()
+            conn.execute(insert, {"topic": topic_id, "offset": offset, "body": PAYLOAD})
+            conn.execute(counter, {"next": offset + 1, "topic": topic_id})
+            conn.execute(seq_update, {"id": producer_id, "seq": seq, "offset": offset})
 
     return step
+
+
+def without_notify(store) -> None:
+    """The store's appends wake this process's waiters only: no NOTIFY to other processes
+    (a private hook, for this measurement only)."""
+    store.producers._appended = store.wakeups.notify
 
 
 def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str, Sample]]:
@@ -287,17 +299,19 @@ def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str
     producer = client.producer([topic])
     json_headers = {"Content-Type": "application/json"}
     quiet = get_store(create_app({"LQ_DATABASE_URL": db_url, "LQ_PRUNE_INTERVAL": 0}))
-    quiet._bridge = None  # the append without its NOTIFY thread
+    without_notify(quiet)
     layers = [
         Layer("SQLAlchemy: the store's 5 append statements + COMMIT, no group commit",
               store_statements(store, topic, pids[5], seqs), calls),
         Layer("Store.append in-process, NOTIFY thread off (group commit; no Flask, no HTTP)",
-              lambda: quiet.append(topic, AppendRequest(pids[5], [PAYLOAD], next(seqs))),
+              lambda: quiet.producers.append(topic, AppendRequest(pids[5], [PAYLOAD], next(seqs))),
               calls),
         Layer("Store.append in-process (group commit; no Flask, no HTTP)",
-              lambda: store.append(topic, AppendRequest(pids[0], [PAYLOAD], next(seqs))), calls),
+              lambda: store.producers.append(topic, AppendRequest(pids[0], [PAYLOAD], next(seqs))),
+              calls),
         Layer("Store.append in-process, no seq (4 round trips to the database, not 6)",
-              lambda: store.append(topic, AppendRequest(pids[0], [PAYLOAD], None)), calls),
+              lambda: store.producers.append(topic, AppendRequest(pids[0], [PAYLOAD], None)),
+              calls),
         Layer("Flask test client: GET an unknown path in-process (JSON 404, no HTTP)",
               lambda: flask_client.get("/bench-empty"), calls),
         Layer("Flask test client: POST /producer/produce in-process (no HTTP)",
@@ -322,153 +336,16 @@ def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str
         client.close()
 
 
-# --- path 2: consume 1,000 + commit ----------------------------------------------------------
-def http_consume_step(url: str, session: requests.Session, topic: str,
-                      decode: bool) -> Callable[[], None]:
-    cid = session.post(url + "/consumer/register", json={"topic": topic}).json()["consumer_id"]
-
-    def step() -> None:
-        reply = session.get(url + "/consumer/fetch",
-                            params={"topic": topic, "consumer_id": cid, "max": 1000})
-        if decode:
-            last = json.loads(reply.content)["messages"][-1]["offset"]
-        else:  # the last offset without decoding: it is near the end of the body
-            tail = reply.content[reply.content.rfind(b'"offset":') + 9:]
-            last = int(tail[:tail.index(b",")])
-        session.post(url + "/consumer/commit",
-                     json={"topic": topic, "consumer_id": cid, "offset": last + 1})
-
-    return step
-
-
-def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[str, Sample]]:
-    from broker.app import create_app
-    from broker.store import get_store
-
-    app = create_app({"LQ_DATABASE_URL": db_url, "LQ_PRUNE_INTERVAL": 0})
-    store, flask_client = get_store(app), app.test_client()
-    client = Client(url)
-    topic = f"measure-c-{time.time_ns()}"
-    client.create_topic(topic)
-    producer = client.producer([topic])
-    for _ in range(batches * (ROUNDS + 1) + 20):
-        producer.send_many(topic, [PAYLOAD] * 1000)
-    session = requests.Session()
-    session.trust_env = False
-    store_cid = client.consumer([topic]).register(topic)
-    flask_cid = client.consumer([topic]).register(topic)
-
-    def in_store() -> None:
-        batch, _pos = store.fetch(topic, store_cid, 1000)
-        store.commit(topic, store_cid, batch.messages[-1].offset + 1)
-
-    def in_flask() -> None:
-        reply = flask_client.get("/consumer/fetch", query_string={
-            "topic": topic, "consumer_id": flask_cid, "max": 1000}).get_json()
-        flask_client.post("/consumer/commit", json={
-            "topic": topic, "consumer_id": flask_cid,
-            "offset": reply["messages"][-1]["offset"] + 1})
-
-    consumer = client.consumer([topic])
-
-    def sdk_step() -> None:
-        batch, _pos = consumer.fetch(topic, max=1000)
-        consumer.commit(topic, batch[-1].offset + 1)
-
-    layers = [
-        Layer("Store.fetch + Store.commit in-process (no Flask, no HTTP)", in_store, batches),
-        Layer("Flask test client: GET fetch + POST commit, in-process (no HTTP)", in_flask,
-              batches),
-        Layer("HTTP requests: GET fetch (reply not decoded) + POST commit",
-              http_consume_step(url, session, topic, False), batches, pid),
-        Layer("HTTP requests: GET fetch + json.loads + POST commit",
-              http_consume_step(url, session, topic, True), batches, pid),
-        Layer("SDK: Consumer.fetch + Consumer.commit", sdk_step, batches, pid),
-    ]
-    try:
-        return run_layers(layers)
-    finally:
-        client.close()
-
-
-def raw_consume_layer(db: str, batches: int) -> list[tuple[str, Sample]]:
-    """SELECT 1,000 rows of lq_messages + UPDATE an lq_consumers position + COMMIT."""
-    import psycopg2
-
-    with closing(psycopg2.connect(db)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT topic_id, MIN(msg_offset), MAX(msg_offset) FROM lq_messages "
-                    "GROUP BY topic_id ORDER BY COUNT(*) DESC LIMIT 1")
-        topic_id, low, high = cur.fetchone()
-        cur.execute("SELECT id FROM lq_consumers WHERE topic_id = %s LIMIT 1", (topic_id,))
-        consumer_id = cur.fetchone()[0]
-        position = [low]
-
-        def step() -> None:
-            cur.execute("SELECT msg_offset, body, ts_us FROM lq_messages WHERE topic_id = %s "
-                        "AND msg_offset >= %s ORDER BY msg_offset LIMIT 1000",
-                        (topic_id, position[0]))
-            rows = cur.fetchall()
-            position[0] = rows[-1][0] + 1 if rows[-1][0] + 1000 < high else low
-            cur.execute("UPDATE lq_consumers SET position = %s WHERE id = %s",
-                        (position[0], consumer_id))
-            conn.commit()
-
-        return run_layers([Layer("PostgreSQL: SELECT 1,000 rows + UPDATE position + COMMIT "
-                                 "(psycopg2)", step, batches)])
-
-
-def reply_costs(calls: int) -> list[tuple[str, Sample]]:
-    """One fetch reply of 1,000 messages: building it on the broker, parsing it in the SDK."""
-    from broker import schemas as s
-    from broker.api import _messages as api_messages
-    from broker.store import Message, iso_time
-
-    stamp = time.time_ns() // 1000
-    found = [Message(i, PAYLOAD, stamp) for i in range(1000)]
-    items = api_messages(found)
-    doc = {"status": "success", "messages": items, "position": 0}
-    body = s.FetchedBatch(messages=items, position=0).model_dump_json(exclude_none=True)
-    layers = [
-        Layer("broker: iso_time x 1,000", lambda: [iso_time(m.ts_us) for m in found], calls),
-        Layer("broker: api._messages (dicts, iso_time)", lambda: api_messages(found), calls),
-        Layer("broker: FetchedBatch(...).model_dump_json (pydantic)",
-              lambda: s.FetchedBatch(messages=items, position=0).model_dump_json(
-                  exclude_none=True), calls),
-        Layer("broker: json.dumps of the same dict", lambda: json.dumps(doc), calls),
-        Layer("client: json.loads of the reply", lambda: json.loads(body), calls),
-        Layer("client: json.loads + the SDK's Message objects (fromisoformat)",
-              lambda: sdk_messages("t", json.loads(body)["messages"]), calls),
-    ]
-    return run_layers(layers + optional_json_layers(doc, body, calls))
-
-
-def optional_json_layers(doc: dict, body: str, calls: int) -> list[Layer]:
-    layers = []
-    try:
-        import orjson
-
-        layers += [Layer("broker: orjson.dumps", lambda: orjson.dumps(doc), calls),
-                   Layer("client: orjson.loads", lambda: orjson.loads(body), calls)]
-    except ImportError:
-        pass
-    try:
-        import msgspec
-
-        encoder, decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
-        layers += [Layer("broker: msgspec encode", lambda: encoder.encode(doc), calls),
-                   Layer("client: msgspec decode", lambda: decoder.decode(body), calls)]
-    except ImportError:
-        pass
-    return layers
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=("pg", "sqlite"), default="pg")
     parser.add_argument("--calls", type=int, default=200, help="calls per single-path round")
     parser.add_argument("--batches", type=int, default=10, help="batches per consume round")
     parser.add_argument("--extra-path", help="a directory holding orjson/msgspec to compare")
+    parser.add_argument("--paths", choices=("single", "consume", "both"), default="both")
     args = parser.parse_args()
+    from consume import consume_layers, raw_consume_layer, reply_costs  # it imports this module
+
     if args.extra_path:
         sys.path.append(args.extra_path)
     print(f"load average before: {os.getloadavg()}")
@@ -482,13 +359,16 @@ def main() -> None:
             db = f"sqlite:///{tmp}/measure.db"
         url = stack.enter_context(broker(db, workers=1))
         pid = worker_pid(url)
-        report(database_layers(db, args.calls) + single_layers(url, db, args.calls, pid),
-               "µs per call", f"Path 1 ({args.db}): one message per round trip")
-        rows = consume_layers(url, db, args.batches, pid)
-        if args.db == "pg":
-            rows = raw_consume_layer(db, args.batches) + rows
-        report(rows, "µs per batch", f"Path 2 ({args.db}): consume 1,000 + commit")
-    report(reply_costs(args.batches * 5), "µs per batch", "One fetch reply of 1,000 messages")
+        if args.paths != "consume":
+            report(database_layers(db, args.calls) + single_layers(url, db, args.calls, pid),
+                   "µs per call", f"Path 1 ({args.db}): one message per round trip")
+        if args.paths != "single":
+            rows = consume_layers(url, db, args.batches, pid)
+            if args.db == "pg":
+                rows = raw_consume_layer(db, args.batches) + rows
+            report(rows, "µs per batch", f"Path 2 ({args.db}): consume 1,000 + commit")
+    if args.paths != "single":
+        report(reply_costs(args.batches * 5), "µs per batch", "One fetch reply of 1,000 messages")
     print(f"\nload average after: {os.getloadavg()}")
 
 

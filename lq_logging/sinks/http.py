@@ -16,13 +16,12 @@ rejects records for good: a batch is split into single records so only the refus
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
-from typing import Any
-
-import requests
 
 from lq_logging.sinks import Entry, Interrupted, Rejected, pause
+from sdk.connections import Route
 
 RETRY_STATUSES = frozenset({408, 425, 429})
 CONFIG_STATUSES = frozenset({401, 403, 404, 405, 407})
@@ -55,11 +54,10 @@ class HTTPSink:
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.backoff_max = float(backoff_max)
-        self.session = requests.Session()
-        self.session.headers.update({"Content-Type": "application/json",
-                                     "User-Agent": "logqueue-runner/0.1"})
-        self.session.headers.update(headers or {})
-        self.session.verify = verify
+        # The SDK's kept-alive connections (sdk/connections.py): one HTTP stack for the project.
+        self.route = Route(url, verify=verify, maxsize=1)
+        self.headers = {"Content-Type": "application/json", "User-Agent": "logqueue-runner/0.1",
+                        **(headers or {})}
 
     def write(self, batch: list[Entry]) -> None:
         if not batch:
@@ -82,7 +80,7 @@ class HTTPSink:
         2xx or a permanent 4xx; raise :class:`HTTPDeliveryError` otherwise."""
         body = json.dumps([entry.record for entry in batch], ensure_ascii=False,
                           separators=(",", ":"), default=repr).encode("utf-8")
-        headers = {"X-LQ-Topic": batch[0].topic,
+        headers = {**self.headers, "X-LQ-Topic": batch[0].topic,
                    "X-LQ-Offsets": f"{batch[0].offset}-{batch[-1].offset}"}
         problem = ""
         for attempt in range(self.retries + 1):
@@ -93,13 +91,12 @@ class HTTPSink:
                 except Interrupted as exc:
                     raise Interrupted(f"POST {self.url}: {problem}") from exc
             try:
-                resp = self.session.post(self.url, data=body, headers=headers,
-                                         timeout=self.timeout)
-            except requests.RequestException as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                status, data = self.route.send("POST", "", body, headers,
+                                               (self.timeout, self.timeout))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"  # ValueError: a header HTTP refuses
                 continue
-            status = resp.status_code
-            text = _snippet(resp)
+            text = " ".join(data[:200].decode("utf-8", "replace").split())
             if status < 300:
                 return status, text
             if status in CONFIG_STATUSES:
@@ -117,14 +114,8 @@ class HTTPSink:
         """Nothing to do: ``write`` returns once the endpoint answered."""
 
     def close(self) -> None:
-        self.session.close()
+        self.route.close()
 
     def __repr__(self) -> str:
         return f"HTTPSink({self.url!r})"
 
-
-def _snippet(resp: Any) -> str:
-    try:
-        return " ".join(resp.text[:200].split())
-    except Exception:  # noqa: BLE001 - an undecodable body still has a status
-        return ""
