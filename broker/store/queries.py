@@ -6,7 +6,7 @@ differ between SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 # A registration's position: the first offset of its oldest outstanding lease, else its
 # `position` column (with leases, the dispatch cursor). `c` is the lq_consumers row.

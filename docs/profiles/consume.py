@@ -113,7 +113,7 @@ def raw_consume_layer(db: str, batches: int) -> list[tuple[str, Sample]]:
 def reply_costs(calls: int) -> list[tuple[str, Sample]]:
     """One fetch reply of 1,000 messages: building it on the broker, parsing it in the SDK."""
     from broker import schemas as s
-    from broker.api import _messages as api_messages
+    from broker.replies import message_items as api_messages
     from broker.store import Message, iso_time
 
     stamp = time.time_ns() // 1000
@@ -123,7 +123,8 @@ def reply_costs(calls: int) -> list[tuple[str, Sample]]:
     body = s.FetchedBatch(messages=items, position=0).model_dump_json(exclude_none=True)
     layers = [
         Layer("broker: iso_time x 1,000", lambda: [iso_time(m.ts_us) for m in found], calls),
-        Layer("broker: api._messages (dicts, iso_time)", lambda: api_messages(found), calls),
+        Layer("broker: replies.message_items (dicts, iso_time)",
+              lambda: api_messages(found), calls),
         Layer("broker: FetchedBatch(...).model_dump_json (pydantic)",
               lambda: s.FetchedBatch(messages=items, position=0).model_dump_json(
                   exclude_none=True), calls),
