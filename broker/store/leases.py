@@ -26,8 +26,8 @@ from . import queries as q
 from . import reads
 from .caches import Caches, RegistrationGone, remember, retry_stale_topic
 from .consumers import Consumers
-from .database import Database
-from .records import LeasedBatch, LeaseInfo, now_us
+from .database import ID_ATTEMPTS, Database
+from .records import LeasedBatch, LeaseInfo, new_id, now_us
 
 NOTHING = LeasedBatch(None, [])
 HOLDER_SEEN_EVERY = 10.0  # seconds between two records of one holder asking, per process
@@ -172,11 +172,16 @@ class Leases:
 
     def _insert(self, conn: Connection, grant: _Grant, first: int, last: int,
                 deliveries: int) -> LeaseInfo:
+        """The lease row, under a new random id (a taken one inserts nothing: another)."""
         expires = now_us() + grant.lease_ms * 1000
-        lease_id = self.db.insert_with_new_id(conn, q.INSERT_LEASE, {
-            "consumer": grant.consumer_id, "topic": grant.topic_id, "first": first,
-            "last": last, "expires": expires, "deliveries": deliveries, "holder": grant.holder})
-        return LeaseInfo(lease_id, first, last, expires, deliveries)
+        params = {"consumer": grant.consumer_id, "topic": grant.topic_id, "first": first,
+                  "last": last, "expires": expires, "deliveries": deliveries,
+                  "holder": grant.holder, "now": now_us()}
+        for _ in range(ID_ATTEMPTS):
+            lease_id = new_id()
+            if conn.execute(q.INSERT_LEASE, {**params, "id": lease_id}).rowcount:
+                return LeaseInfo(lease_id, first, last, expires, deliveries)
+        raise RuntimeError("could not find a free random id")
 
 
 @dataclass(frozen=True, slots=True)
