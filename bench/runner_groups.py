@@ -5,7 +5,8 @@ sharing one name, and the lease round trip against fetch + commit.
    takes 20 ms per batch (a slow remote sink), timed at the endpoint from its first batch to
    its last; and into the PostgreSQL SQL sink (one table per run), timed by polling the
    table. The runners start on an empty topic and are all ready before the records are
-   produced, in appends of 5,000 (so production is never what the runners wait on).
+   produced, in appends of 5,000 (so production is never what the runners wait on). Rounds
+   run the rows in turn forwards and backwards; each ratio is taken within its round.
 2. Round trip, no sink, batch 100, through the SDK: fetch + commit, lease + ack (two
    requests), and a lease request carrying the ack of the previous lease (one request, what
    `lq consume --name` does), interleaved batch by batch in one run so the machine's load
@@ -202,13 +203,15 @@ def _load() -> str:
 
 
 def _scaling_table(title: str, rates: dict[int, list[float]]) -> None:
-    one = statistics.median(rates[1])
+    """Median records/s per row, and the ratio to one runner taken round by round (the rows
+    of one round ran minutes apart at most) with its median and range."""
     print(f"\n{title}\n")
-    print("| runners | records/s | ratio to one runner |")
-    print("|---:|---:|---:|")
+    print("| runners | records/s | ratio to one runner | ratio range over the rounds |")
+    print("|---:|---:|---:|---:|")
     for n, values in rates.items():
-        value = statistics.median(values)
-        print(f"| {n} | {value:,.0f} | {value / one:.2f} |")
+        ratios = [value / one for value, one in zip(values, rates[1], strict=True)]
+        print(f"| {n} | {statistics.median(values):,.0f} | {statistics.median(ratios):.2f} | "
+              f"{min(ratios):.2f}-{max(ratios):.2f} |")
 
 
 def groups(url: str, records: int, rounds: int, workdir: Path, make_record: Record,
@@ -219,9 +222,10 @@ def groups(url: str, records: int, rounds: int, workdir: Path, make_record: Reco
     http: dict[int, list[float]] = {n: [] for n in RUNNERS}
     sql: dict[int, list[float]] = {n: [] for n in RUNNERS}
     for r in range(rounds):
-        for n in RUNNERS:
+        order = RUNNERS if r % 2 == 0 else RUNNERS[::-1]  # a drifting load weighs on each
+        for n in order:
             http[n].append(group_rate(url, n, records, workdir, f"h{n}x{r}", make_record))
-        for n in RUNNERS if pg else ():
+        for n in order if pg else ():
             sql[n].append(group_rate(url, n, records, workdir, f"s{n}x{r}", make_record, pg))
     _scaling_table(f"Consumer groups: N runners, one name, {records:,} records, batch 100, "
                    f"into an HTTP endpoint taking 20 ms per batch; median of {rounds} "
