@@ -42,7 +42,8 @@ PATHS = ("fetch + commit", "lease + ack", "lease carrying the previous ack")
 
 class SlowSink:
     """A local HTTP endpoint that takes ``delay`` seconds per batch, and notes when each
-    batch arrived and how many records it held."""
+    batch arrived and how many records it held. It keeps connections open (HTTP/1.1), so
+    the bench's own process spends no thread and no connection per batch."""
 
     def __init__(self, delay: float = 0.020) -> None:
         self.arrivals: list[tuple[float, int]] = []
@@ -50,6 +51,8 @@ class SlowSink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a remote endpoint would
+
             def do_POST(self) -> None:
                 count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 time.sleep(delay)  # the remote sink's work
