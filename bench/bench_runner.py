@@ -8,13 +8,13 @@
    times (interleaved) and the median is shown.
 2. Latency: an application logs through LogQueueHandler at a fixed rate; `lq consume` writes
    to the file sink; a tail thread reads the file and measures logger.info() -> line in file.
-3. Consumer groups: 1, 2 and 4 `lq consume` runners sharing one name drain a topic into a
-   local HTTP endpoint that takes 20 ms per batch (a slow remote sink), timed at the endpoint
-   from its first batch to its last; and the lease round trip (lease + ack) against fetch +
-   commit through the SDK, in the same run.
+3. Consumer groups (runner_groups.py): 1, 2 and 4 `lq consume` runners sharing one name
+   drain a topic into a local HTTP endpoint that takes 20 ms per batch (a slow remote sink)
+   and into the PostgreSQL SQL sink; and the lease round trip against fetch + commit through
+   the SDK, in the same run, on a SQLite and a PostgreSQL broker.
 
     python bench/bench_runner.py [--records 50000] [--rounds 1] [--rate 1000] [--seconds 10]
-                                 [--group-records 20000] [--only groups]
+                                 [--group-records 40000] [--only groups]
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from harness import LQ, broker, pg_database
+from runner_groups import groups
 
 from sdk import Client
 
@@ -141,127 +141,6 @@ def latency(url: str, workdir: Path, rate: int, seconds: float) -> tuple[list[fl
     return seen, total
 
 
-class SlowSink:
-    """A local HTTP endpoint that takes ``delay`` seconds per batch, and notes when each
-    batch arrived and how many records it held."""
-
-    def __init__(self, delay: float = 0.020) -> None:
-        self.arrivals: list[tuple[float, int]] = []
-        self._lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                time.sleep(delay)  # the remote sink's work
-                with sink._lock:
-                    sink.arrivals.append((time.perf_counter(), count))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def received(self) -> int:
-        with self._lock:
-            return sum(count for _, count in self.arrivals)
-
-    def rate(self) -> float:
-        """records/s from the first batch's arrival to the last's (the first excluded)."""
-        with self._lock:
-            (first, _), *rest = self.arrivals
-            return sum(c for _, c in rest) / max(rest[-1][0] - first, 1e-9)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def group_rate(url: str, runners: int, records: int, workdir: Path, tag: str) -> float:
-    """records/s of ``runners`` `lq consume` processes sharing one name, into a SlowSink. The
-    runners start on an empty topic; the records are produced once every one is ready."""
-    topic, sink = f"group-{tag}", SlowSink()
-    with Client(url) as client:
-        client.create_topic(topic)
-    config = workdir / f"group-{tag}.toml"
-    config.write_text(f"url = {json.dumps(url)}\n[[pipeline]]\nname = \"g-{tag}\"\n"
-                      f"topics = [{json.dumps(topic)}]\nbatch = 100\nwait = 1\n"
-                      f"sinks = [{json.dumps(sink.url)}]\n")
-    procs = [subprocess.Popen([LQ, "consume", "--config", str(config)], cwd=workdir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(runners)]
-    try:
-        for proc in procs:  # "lq consume: ready (...)" once registered
-            while "ready" not in (proc.stderr.readline() or "ready"):
-                pass
-        with Client(url) as client:
-            producer = client.producer()
-            for start in range(0, records, 1000):
-                producer.send_many(topic, [record(i) for i in range(start, start + 1000)])
-        deadline = time.monotonic() + 300
-        while sink.received() < records and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return sink.rate()
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(30)
-        sink.close()
-
-
-def round_trips(url: str, records: int, batch: int = 100) -> tuple[float, float]:
-    """records/s through the SDK of fetch + commit, and of lease + ack, each reading the same
-    topic from the start under a name of its own (no sink)."""
-    topic = f"rt-{time.monotonic_ns()}"
-    with Client(url) as client:
-        producer = client.producer()
-        for start in range(0, records, 1000):
-            producer.send_many(topic, [record(i) for i in range(start, start + 1000)])
-        classic, leasing = client.consumer(name="fc"), client.consumer(name="la")
-        start = time.perf_counter()
-        offset = 0
-        while offset < records:
-            messages, _ = classic.fetch(topic, offset=offset, max=batch)
-            offset = classic.commit(topic, messages[-1].offset + 1)
-        fetch_commit = records / (time.perf_counter() - start)
-        start = time.perf_counter()
-        done = 0
-        while done < records:
-            lease = leasing.lease(topic, max=batch, lease_ms=60_000)
-            leasing.ack(lease)
-            done += len(lease.messages)
-        return fetch_commit, records / (time.perf_counter() - start)
-
-
-def groups(url: str, records: int, rounds: int, workdir: Path) -> None:
-    rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
-    trips: list[tuple[float, float]] = []
-    for r in range(rounds):
-        for n in rates:
-            rates[n].append(group_rate(url, n, records, workdir, f"{n}x{r}"))
-        trips.append(round_trips(url, records))
-    one = statistics.median(rates[1])
-    print(f"\nConsumer groups: N runners, one name, {records:,} records, batch 100, into an "
-          f"HTTP endpoint taking 20 ms per batch; median of {rounds} round(s)\n")
-    print("| runners | records/s | ratio to one runner |")
-    print("|---:|---:|---:|")
-    for n, values in rates.items():
-        value = statistics.median(values)
-        print(f"| {n} | {value:,.0f} | {value / one:.2f} |")
-    fetch_commit = statistics.median(t[0] for t in trips)
-    lease_ack = statistics.median(t[1] for t in trips)
-    print("\n| SDK round trip, batch 100, no sink | records/s | ratio to fetch+commit |")
-    print("|---|---:|---:|")
-    print(f"| fetch + commit | {fetch_commit:,.0f} | 1.00 |")
-    print(f"| lease + ack | {lease_ack:,.0f} | {lease_ack / fetch_commit:.2f} |")
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
@@ -274,14 +153,16 @@ def main() -> None:
                         help="measure each throughput row this many times; show the median")
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--group-records", type=int, default=20_000)
+    parser.add_argument("--group-records", type=int, default=40_000,
+                        help="records per groups run (4 runners drain 40,000 in about 5 s; "
+                             "with fewer, the first and last batches weigh on the rate)")
     parser.add_argument("--only", choices=["groups"], help="run only this part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.only == "groups":
-            with broker() as url:
-                groups(url, args.group_records, args.rounds, workdir)
+            with broker() as url, pg_database() as pg:
+                groups(url, args.group_records, args.rounds, workdir, record, pg)
             return
         with broker() as url, pg_database() as pg:
             topic = "bench"
@@ -334,7 +215,7 @@ def main() -> None:
                 print(f"| {pct(seen, 50):.1f} | {pct(seen, 90):.1f} | {pct(seen, 99):.1f} | "
                       f"{max(seen):.1f} | {statistics.mean(seen):.1f} |")
 
-            groups(url, args.group_records, args.rounds, workdir)
+            groups(url, args.group_records, args.rounds, workdir, record, pg)
 
 
 if __name__ == "__main__":

@@ -192,13 +192,14 @@ def _lease_out(lease: LeaseInfo) -> s.LeaseOut:
           compress=True)
 def lease(req: s.LeaseRequest) -> Encoded:
     """Hand out the oldest expired lease, else the next range of up to `max` messages, for
-    `lease_ms`; long-polls up to `wait_ms` for work."""
+    `lease_ms`; long-polls up to `wait_ms` for work. With `ack`, that lease is acked first,
+    in the same transaction."""
     wait = (req.wait_ms or 0) / 1000
     with metrics.waiting(wait):
         found = _store().leases.lease(req.topic, req.consumer_id, req.max or 100, req.lease_ms,
-                                      wait, req.holder, req.max_bytes)
+                                      wait, req.holder, req.max_bytes, req.ack)
     _consumed(found.messages)
-    return replies.leased(found.lease, found.messages, found.skipped)  # s.LeasedMessages
+    return replies.leased(found.lease, found.messages, found.skipped, req.ack)
 
 
 @endpoint("POST", "/consumer/ack", s.LeaseRef, s.Position, scope="consume")

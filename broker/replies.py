@@ -42,12 +42,16 @@ def batch(rows: Iterable[Row], skipped: int = 0, position: int | None = None) ->
     return Encoded(orjson.dumps(reply))
 
 
-def leased(lease: LeaseInfo | None, rows: Iterable[Row], skipped: int = 0) -> Encoded:
-    """schemas.LeasedMessages: `"lease": null` (and no messages) when there was no work."""
+def leased(lease: LeaseInfo | None, rows: Iterable[Row], skipped: int = 0,
+           acked: int | None = None) -> Encoded:
+    """schemas.LeasedMessages: `"lease": null` (and no messages) when there was no work;
+    `acked`: the lease this request acked first."""
     reply: dict[str, Any] = {"status": "success", "lease": None if lease is None else {
         "id": lease.id, "first": lease.first, "last": lease.last,
         "expires": iso_time(lease.expires_us), "deliveries": lease.deliveries}}
     reply["messages"] = message_items(rows)
     if skipped:
         reply["skipped"] = skipped
+    if acked is not None:
+        reply["acked"] = acked
     return Encoded(orjson.dumps(reply))

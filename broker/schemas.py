@@ -412,6 +412,10 @@ LeaseMs = Annotated[int, Field(ge=1, le=3_600_000, description="How long the lea
 class LeaseRequest(Consume):
     lease_ms: LeaseMs = 30_000
     holder: Name | None = Field(default=None, description="Who asks (e.g. host:pid), for /stats.")
+    ack: Id | None = Field(
+        default=None, description="The asker's previous lease, acked in the same transaction "
+        "before the hand-out (one request and one commit per range instead of two); 409 "
+        "lease_lost, and nothing handed out, when it is no longer this registration's.")
 
 
 class LeaseRef(ConsumerRef):
@@ -434,6 +438,8 @@ class LeasedMessages(Reply):
     lease: LeaseOut | None = Field(description="null (and no messages) when there was no work.")
     messages: list[MessageOut]
     skipped: int | None = _skipped
+    acked: int | None = Field(default=None, description="The `ack` lease, acked (a broker "
+                              "that leaves this out ignored `ack`: ack it on its own).")
 
     @model_serializer(mode="wrap")
     def _keep_null_lease(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

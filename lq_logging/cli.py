@@ -16,6 +16,7 @@ import click
 from lq_logging.config import (
     BATCH_MAX,
     DEFAULT_DEAD_LETTER,
+    DEFAULT_MAX_DELIVERIES,
     WAIT_MAX,
     ConfigError,
     PipelineConfig,
@@ -25,7 +26,7 @@ from lq_logging.config import (
     load_toml,
 )
 from lq_logging.runner import Runner, check_broker
-from sdk.contract import DEFAULT_URL
+from sdk.contract import DEFAULT_URL, format_duration
 
 EPILOG = """\b
 SPEC (--sink, repeatable; every sink gets every record):
@@ -44,13 +45,19 @@ Examples:
       --sink file:/var/log/app.jsonl --sink sql:postgresql://logs@db/logs --name archiver
   lq consume --topic app --sink https://logs.example.com/ingest --min-level WARNING
   lq consume --config runner.toml --progress
+  lq consume --topic app --sink https://logs.example.com/ingest --name shippers \\
+      --lease 2m --max-deliveries 3    # start it 4 times: the 4 share the work
   lq consume --config runner.toml --dry-run     # check the file, the sinks and the broker
 
 \b
 Delivery is at least once: fetch, write and flush every sink, then commit. With --name the
-position survives restarts (use one name per independent runner). SIGTERM or Ctrl-C
-finishes the batch in hand, commits and exits 0; a second signal exits at once (128+N).
-While the broker does not answer, the runner retries and says so every few seconds.
+position survives restarts, and runners started with the same name share the work: each
+batch is a lease that one of them holds (extended while its sinks work) and acks once
+written; a dead runner's lease goes to another when it expires (--lease). A batch handed out
+more than --max-deliveries times goes to the dead-letter file instead. Use one name per
+independent runner. SIGTERM or Ctrl-C finishes the batch in hand, commits and exits 0; a
+second signal exits at once (128+N). While the broker does not answer, the runner retries
+and says so every few seconds.
 
 \b
 Exit status:
@@ -68,7 +75,10 @@ OPTION_OF = {"url": "--url", "token": "--token", "topics": "--topic", "sinks": "
              "cacert": "--cacert",
              "name": "--name", "consumer": "--name", "from": "--from",
              "min_level": "--min-level", "logger_prefix": "--logger-prefix", "batch": "--batch",
-             "wait": "--wait", "dead_letter": "--dead-letter", "sink_retries": "--sink-retries"}
+             "wait": "--wait", "dead_letter": "--dead-letter", "sink_retries": "--sink-retries",
+             "lease": "--lease", "max_deliveries": "--max-deliveries"}
+#: Pipeline keys an option sets for every pipeline of a --config file too.
+PIPELINE_OVERRIDES = ("lease", "max_deliveries")
 
 
 @click.command("consume", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
@@ -101,6 +111,14 @@ OPTION_OF = {"url": "--url", "token": "--token", "topics": "--topic", "sinks": "
 @click.option("--wait", default="5s", show_default=True, metavar="DURATION",
               help=f"How long a fetch long-polls when the topic is drained: seconds (0.5) or "
                    f"a duration (500ms, 5s); at most {WAIT_MAX:g}s.")
+@click.option("--lease", default=None, metavar="DURATION",
+              help="With --name: how long a runner holds a batch before another runner may "
+                   "take it (extended while its sinks work, so this is how soon a dead "
+                   "runner's batch is redelivered); 1s to 1h.  [default: 30s]")
+@click.option("--max-deliveries", default=None, metavar="N",
+              help="With --name: hand-outs of one batch (it failed, or its runner died) "
+                   "before its records go to the dead-letter file instead; 1 or more.  "
+                   f"[default: {DEFAULT_MAX_DELIVERIES}]")
 @click.option("--dead-letter", default=None, metavar="PATH",
               help=f"Where rejected records go. [default: {DEFAULT_DEAD_LETTER}]")
 @click.option("--sink-retries", type=int, default=None,
@@ -145,7 +163,9 @@ def _dry_run(config: RunnerConfig) -> int:
         click.echo(f"pipeline {p.name!r}: topics {', '.join(p.topics)} -> "
                    f"{', '.join(s.spec for s in p.sinks)}"
                    + (f" (filters: {'; '.join(filters)})" if filters else "")
-                   + f"; consumer {p.consumer or '(anonymous)'}")
+                   + f"; consumer {p.consumer or '(anonymous)'}"
+                   + (f" (leases of {format_duration(int(p.lease * 1000))}, dead-letter after "
+                      f"{p.max_deliveries} deliveries)" if p.consumer else ""))
     problem = check_broker(config)
     if problem:
         click.echo(f"lq consume: {problem}", err=True)
@@ -158,13 +178,15 @@ def _dry_run(config: RunnerConfig) -> int:
 
 def _build_config(ctx: click.Context, config_path: str | None,
                   options: dict[str, Any]) -> RunnerConfig:
-    """Options, environment and TOML file -> RunnerConfig (options and environment win)."""
+    """Options, environment and TOML file -> RunnerConfig (options and environment win;
+    --lease and --max-deliveries apply to every pipeline of the file)."""
     given = {key: options[key] for key in ("url", "token", "cacert", "dead_letter",
                                            "sink_retries")
              if ctx.get_parameter_source(key) not in (None, click.core.ParameterSource.DEFAULT)
              and options[key] is not None}
     if options["until_empty"]:
         given["until_empty"] = True
+    overrides = {key: options[key] for key in PIPELINE_OVERRIDES if options[key] is not None}
     if config_path:
         if options["topics"] or options["sinks"]:
             raise click.UsageError("--config replaces --topic and --sink; put them in the file")
@@ -172,21 +194,29 @@ def _build_config(ctx: click.Context, config_path: str | None,
             data = {**load_toml(config_path), **given}
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--config") from exc
+        if overrides and isinstance(data.get("pipeline"), list):
+            data["pipeline"] = [{**p, **overrides} if isinstance(p, dict) else p
+                                for p in data["pipeline"]]
     else:
         if not options["topics"]:
             raise click.UsageError("give at least one --topic (or --config FILE)")
         if not options["sinks"]:
             raise click.UsageError("give at least one --sink SPEC (or --config FILE)")
+        if overrides and not options["name"]:
+            raise click.UsageError(
+                f"{' and '.join(OPTION_OF[k] for k in overrides)} "
+                f"need{'s' if len(overrides) == 1 else ''} --name: a runner without a name "
+                "reads alone, without leases")
         data = {**given, "pipeline": [{
             "name": options["name"] or "consume", "consumer": options["name"],
             "topics": list(options["topics"]), "sinks": list(options["sinks"]),
             "from": options["start"], "min_level": options["min_level"],
             "logger_prefix": list(options["logger_prefixes"]), "batch": options["batch"],
-            "wait": options["wait"]}]}
+            "wait": options["wait"], **overrides}]}
     try:
         return config_from_dict(data, source=config_path or "options")
     except ConfigError as exc:
-        raise _refusal(exc, config_path, given) from exc
+        raise _refusal(exc, config_path, {**given, **overrides}) from exc
 
 
 def _refusal(exc: ConfigError, config_path: str | None,

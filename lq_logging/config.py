@@ -34,6 +34,10 @@ from sdk.transport import parse_verify
 DEFAULT_DEAD_LETTER = "lq-dead-letter.jsonl"
 BATCH_MAX = 1000
 WAIT_MAX = 30.0
+#: A lease (``--lease``, the TOML key ``lease``): from one second to one hour, the broker's own
+#: bounds; 30 s unless told.
+LEASE_MIN, LEASE_MAX, DEFAULT_LEASE = 1.0, 3600.0, 30.0
+DEFAULT_MAX_DELIVERIES = 5
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,27 @@ def parse_seconds(value: object) -> float:
         return float(str(value))
     except ValueError:
         return parse_duration_ms(str(value)) / 1000
+
+
+def parse_lease(value: object) -> float:
+    """A lease length: a duration (``30s``, ``2m``) or seconds, from 1 s to 1 h."""
+    allowed = "a duration from 1s to 1h, e.g. 30s or 2m"
+    try:
+        seconds = parse_seconds(value)
+    except ValueError:
+        raise ValueError(f"{allowed} (got {value!r})") from None
+    if not LEASE_MIN <= seconds <= LEASE_MAX:
+        raise ValueError(f"{allowed} (got {value!r})")
+    return seconds
+
+
+def parse_max_deliveries(value: object) -> int:
+    """How many times one range may be handed out: a whole number, 1 or more."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"a whole number, 1 or more: the hand-outs of one batch before its "
+                         f"records go to the dead-letter file (got {value!r})")
+    return int(text)
 
 
 def check_urls(value: str) -> str:
@@ -154,8 +179,9 @@ class PipelineConfig(BaseModel):
     wait: Seconds = Field(5.0, ge=0, le=WAIT_MAX)
     # A named pipeline takes leases (consumer groups): how long one holds without an extend,
     # and how many hand-outs of one range before its records go to the dead-letter file.
-    lease: Seconds = Field(30.0, ge=1, le=3600)
-    max_deliveries: int = Field(5, ge=1)
+    lease: Annotated[float, BeforeValidator(parse_lease)] = DEFAULT_LEASE
+    max_deliveries: Annotated[int, BeforeValidator(parse_max_deliveries)] = \
+        DEFAULT_MAX_DELIVERIES
 
     @model_validator(mode="before")
     @classmethod
@@ -277,6 +303,7 @@ def _describe(error: Any, data: dict[str, Any]) -> Problem:
     return Problem(where, key, message)
 
 
-__all__ = ["BATCH_MAX", "DEFAULT_DEAD_LETTER", "WAIT_MAX", "ConfigError", "PipelineConfig",
+__all__ = ["BATCH_MAX", "DEFAULT_DEAD_LETTER", "DEFAULT_LEASE", "DEFAULT_MAX_DELIVERIES",
+           "WAIT_MAX", "ConfigError", "PipelineConfig",
            "Problem", "RunnerConfig", "SinkConfig", "config_from_dict", "load_config",
-           "load_toml", "parse_level", "parse_seconds"]
+           "load_toml", "parse_lease", "parse_level", "parse_max_deliveries", "parse_seconds"]

@@ -7,17 +7,21 @@ them again (at least once; the SQL sink keys rows by (topic, offset), so it hold
 A range handed out more than ``max_deliveries`` times goes to the dead-letter file, then is
 acked, so one bad record cannot stop the group.
 
-Prefetch takes the next lease (without waiting) while the one in hand is written. Stopping:
-the lease in hand is finished and acked, the prefetched one released (handed out again at
-once); a lease whose batch could not be written is released too.
+One request per batch: once a lease is written, one request acks it and takes the next one
+(the broker does both in one transaction), so the next lease is in hand when the sinks are
+free again. The ack is answered before the next batch is written: a runner killed mid-batch
+leaves only the lease in hand to be written again. (Sending it while the next batch is
+written would hide its round trip too, at the price of a second batch written twice after
+a kill -9.) Only when that request finds no work does the runner long-poll for a lease.
+
+Stopping: the lease in hand is finished and acked, one taken with its ack released (handed
+out again at once); a lease whose batch could not be written is released too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from lq_logging.pipeline import Pipeline, PipelineFailed
@@ -33,7 +37,7 @@ DRAIN_WAIT = 1.0
 
 
 class LeaseWorker(TopicWorker):
-    """Lease -> deliver -> ack for one topic of one named pipeline.
+    """Lease -> deliver -> ack (with the next lease) for one topic of one named pipeline.
 
     ``until_empty``: end once no lease is handed out and no lease of the name is outstanding
     (another holder's, even a dead one's until it expires, is waited for).
@@ -47,23 +51,18 @@ class LeaseWorker(TopicWorker):
         self.lease_ms = lease_ms
         self.max_deliveries = max_deliveries
         self.keeper = LeaseKeeper(consumer, lease_ms)
+        self._done: Lease | None = None  # written, not acked yet
         self._lost_said = False
-
-    def _lease(self, wait: float) -> Lease | None:
-        return self.consumer.lease(self.topic, max=self.pipeline.config.batch, wait=wait,
-                                   lease_ms=self.lease_ms)
 
     def _run(self) -> None:
         if not self._register():
             return
         self.progress.ready()
-        ahead: Future[Lease | None] | None = None
+        lease: Lease | None = None
         try:
             while self.gate.keep_going(self.pipeline):
-                lease = _result(ahead)
-                ahead = None
                 if lease is None:
-                    got = self._broker("lease", lambda: (self._lease(self.wait_s),))
+                    got = self._broker("lease", lambda: (self._take(None),))
                     if got is None:
                         return  # stopping
                     lease = got[0]
@@ -72,21 +71,57 @@ class LeaseWorker(TopicWorker):
                         return
                     continue
                 if not self._enter_busy():
-                    self._release(lease)
-                    return
-                ahead = self._prefetch_lease() if self.prefetch else None
-                self._work(lease)
-                if self.gate.stopping:
-                    self._release(_result(ahead))  # while still busy: before the exit
-                    ahead = None
+                    return  # the lease is released below
+                current, lease = lease, None
+                self._work(current)
+                if self.gate.stopping:  # while still busy: before the exit
+                    self._finish_done()
+                else:
+                    lease = self._ack_and_take()
+                    if self.gate.stopping:
+                        self._release(lease)
+                        lease = None
                 self._leave_busy()
         finally:
             self.keeper.close()
-            self._release(_result(ahead, timeout=1.0))
+            self._release(lease)
+            self._finish_done(last=True)
+
+    def _take(self, ack: Lease | None, wait: float | None = None, quiet: bool = False
+              ) -> Lease | None:
+        """A lease (long-polling ``wait``, by default the pipeline's), acking ``ack`` first. A
+        lost ``ack`` is said (unless ``quiet``: an earlier try of this request may have acked
+        it) and the lease asked for again without it."""
+        ask = {"max": self.pipeline.config.batch, "lease_ms": self.lease_ms,
+               "wait": self.wait_s if wait is None else wait}
+        try:
+            return self.consumer.lease(self.topic, ack=ack, **ask)
+        except LeaseLost:
+            if ack is None:
+                raise
+            if not quiet:
+                self._said_lost(ack)
+        return self.consumer.lease(self.topic, **ask)
+
+    def _ack_and_take(self) -> Lease | None:
+        """Ack the written lease and take the next one without waiting, in one request,
+        retried while the broker is away (:meth:`_finish`)."""
+        ack, tries = self._done, 0
+        if ack is None:
+            return None
+
+        def call() -> Lease | None:
+            nonlocal tries
+            tries += 1
+            return self._take(ack, 0.0, quiet=tries > 1)
+
+        lease = self._finish(f"the ack of offsets {ack.first}-{ack.last}", call)
+        self._done = None
+        return lease
 
     def _work(self, lease: Lease) -> None:
-        """Deliver the lease's records (or dead-letter them), then ack; a batch that could not
-        be written is released."""
+        """Deliver the lease's records (or dead-letter them); the ack follows. A batch that
+        could not be written is released."""
         entries = [Entry.decode(self.topic, m.offset, m.value, m.ts) for m in lease.messages]
         self.keeper.hold(lease)
         try:
@@ -101,19 +136,35 @@ class LeaseWorker(TopicWorker):
             self._release(lease)
             raise
         self.keeper.drop(lease)
-        self._finish(f"the ack of offsets {lease.first}-{lease.last}", lambda: self._ack(lease))
+        self._done = lease
         self.progress.delivered(len(entries))
+
+    def _finish_done(self, last: bool = False) -> None:
+        """Ack the written lease on its own (stopping: no next lease wanted): retried while the
+        broker is away (:meth:`_finish`), or, ``last`` (the worker is ending with a reason already),
+        one try, a failure left to redelivery."""
+        lease, self._done = self._done, None
+        if lease is None:
+            return
+        if last:
+            with contextlib.suppress(LogQueueError):
+                self._ack(lease)
+            return
+        self._finish(f"the ack of offsets {lease.first}-{lease.last}", lambda: self._ack(lease))
 
     def _ack(self, lease: Lease) -> None:
         try:
             self.consumer.ack(lease)
         except LeaseLost:
-            if not self._lost_said:  # once per worker: a slow sink would say it every batch
-                self._lost_said = True
-                self.say(f"pipeline {self.pipeline.name!r}: a lease of topic {self.topic!r} "
-                         f"(offsets {lease.first}-{lease.last}) expired before its ack and "
-                         "went to another holder, which writes it again; consider a longer "
-                         "lease")
+            self._said_lost(lease)
+
+    def _said_lost(self, lease: Lease) -> None:
+        if not self._lost_said:  # once per worker: a slow sink would say it every batch
+            self._lost_said = True
+            self.say(f"pipeline {self.pipeline.name!r}: a lease of topic {self.topic!r} "
+                     f"(offsets {lease.first}-{lease.last}) expired before its ack and "
+                     "went to another holder, which writes it again; consider a longer "
+                     "lease")
 
     def _drained(self) -> bool:
         """Whether no lease of the name is outstanding. While some are (other holders',
@@ -123,36 +174,12 @@ class LeaseWorker(TopicWorker):
             self.wait_s = DRAIN_WAIT
         return size == 0
 
-    def _prefetch_lease(self) -> Future[Lease | None]:
-        """The next lease, without waiting, on a daemon thread (a failure leaves the next
-        regular lease to back off and report)."""
-        future: Future[Lease | None] = Future()
-
-        def take() -> None:
-            try:
-                future.set_result(self._lease(0.0))
-            except BaseException as exc:  # noqa: BLE001 - handed to the worker
-                future.set_exception(exc)
-
-        threading.Thread(target=take, name=f"{self.name}:prefetch", daemon=True).start()
-        return future
-
     def _release(self, lease: Lease | None) -> None:
         """Give a lease back (one try: unreleased, it is handed out again once it expires)."""
         if lease is None:
             return
         with contextlib.suppress(LogQueueError):
             self.consumer.release(lease)
-
-
-def _result(future: Future[Lease | None] | None, timeout: float | None = None) -> Lease | None:
-    """The prefetched lease, or None (none prefetched, or the prefetch failed)."""
-    if future is None:
-        return None
-    try:
-        return future.result(timeout)
-    except (LogQueueError, TimeoutError):
-        return None
 
 
 __all__ = ["LeaseWorker"]

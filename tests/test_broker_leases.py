@@ -87,6 +87,34 @@ def test_lease_ack_moves_the_position_past_acked_ranges_only(api: Api, dialect: 
     assert api.size(topic, cid) == 0
 
 
+def test_a_lease_request_acks_the_previous_lease_in_the_same_request(api: Api) -> None:
+    topic, cid = _group(api, 10)
+    first = _lease(api, topic, cid, max=4)
+    second = _lease(api, topic, cid, max=4, ack=first["lease"]["id"])
+    assert second["acked"] == first["lease"]["id"]
+    assert [m["offset"] for m in second["messages"]] == [4, 5, 6, 7]
+    assert _position(api, topic) == 4, "the first range acked, the second outstanding"
+
+    # Nothing more to hand out: the ack is still made (a long-poll does not hold it back).
+    third = _lease(api, topic, cid, max=4, ack=second["lease"]["id"])
+    assert [m["offset"] for m in third["messages"]] == [8, 9]
+    done = _lease(api, topic, cid, ack=third["lease"]["id"], wait_ms=300)
+    assert (done["lease"], done["acked"]) == (None, third["lease"]["id"])
+    assert _position(api, topic) == 10 and api.size(topic, cid) == 0
+    assert "acked" not in _lease(api, topic, cid), "no ack asked, none said"
+
+    # A lost ack (acked already; another registration's) hands nothing out and moves nothing.
+    api.produce(topic, api.producer(topic), messages=["m10", "m11"])
+    for lost in (third["lease"]["id"], _lease(api, *_group(api, 1, name="other"))["lease"]["id"]):
+        api.fail("POST", "/consumer/lease", {"topic": topic, "consumer_id": cid, "ack": lost},
+                 409, "lease_lost")
+    assert api.size(topic, cid) == 2
+    rest = _lease(api, topic, cid)
+    assert [m["offset"] for m in rest["messages"]] == [10, 11], "the cursor did not move"
+    api.fail("POST", "/consumer/lease", {"topic": topic, "consumer_id": cid, "ack": 0}, 400,
+             "bad_request")
+
+
 def test_expired_lease_goes_to_the_next_asker_and_a_late_ack_is_lost(api: Api) -> None:
     topic, cid = _group(api, 3)
     short = _lease(api, topic, cid, lease_ms=50)["lease"]

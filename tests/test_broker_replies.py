@@ -60,6 +60,9 @@ def test_leases_are_what_the_model_dumps(skipped: int) -> None:
     lease_out = s.LeaseOut(id=99, first=0, last=4, expires=iso_time(STAMP), deliveries=2)
     assert_same(replies.leased(lease, ROWS, skipped),
                 s.LeasedMessages(lease=lease_out, messages=items(ROWS), skipped=skipped or None))
+    acked = replies.leased(lease, ROWS, skipped, acked=7)
+    assert_same(acked, s.LeasedMessages(lease=lease_out, messages=items(ROWS),
+                                        skipped=skipped or None, acked=7))
     nothing = replies.leased(None, [], skipped)
     assert_same(nothing, s.LeasedMessages(lease=None, messages=[], skipped=skipped or None))
     assert orjson.loads(nothing.body)["lease"] is None  # kept although replies drop None

@@ -3,11 +3,14 @@ environment, topic creation, --progress."""
 
 from __future__ import annotations
 
+import json
 import signal
 import textwrap
 from pathlib import Path
 
+from click.testing import CliRunner, Result
 from runner_helpers import (
+    Endpoint,
     count_lines,
     make_record,
     new_topic,
@@ -19,12 +22,16 @@ from runner_helpers import (
 )
 from support import free_port, wait_until
 
+from lq_logging.cli import consume_command
+
 
 def test_help_has_examples(tmp_path: Path) -> None:
     done = run_once(["--help"], tmp_path)
     assert done.returncode == 0
     assert "Examples:" in done.stdout and "lq consume --config runner.toml" in done.stdout
     assert "LQ_URL" in done.stdout and "file:PATH" in done.stdout
+    assert "--lease DURATION" in done.stdout and "--max-deliveries N" in done.stdout
+    assert "--lease 2m --max-deliveries 3" in done.stdout, "an example of a group"
 
 
 def test_bad_sink_specs_name_the_option(tmp_path: Path) -> None:
@@ -189,3 +196,85 @@ def test_dry_run_checks_the_broker_and_the_token(start_broker, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert f"broker {broker.url} answers and accepts the token" in done.stdout
     assert "configuration OK" in done.stdout
+
+
+def test_lease_and_max_deliveries_options_are_checked_and_reach_every_pipeline(
+        sqlite_broker, tmp_path: Path) -> None:
+    """The command itself, in this process (click's runner: a dozen subprocesses would take
+    half a minute); the flags' effect on a running runner is the next test's."""
+    def consume(*args: str) -> Result:
+        return CliRunner().invoke(consume_command, list(args))
+
+    named = ["--url", sqlite_broker.url, "--topic", "t", "--sink", "stdout", "--name", "n"]
+    for option, value, allowed in [("--lease", "500ms", "a duration from 1s to 1h"),
+                                   ("--lease", "2h", "a duration from 1s to 1h"),
+                                   ("--lease", "soon", "a duration from 1s to 1h"),
+                                   ("--max-deliveries", "0", "a whole number, 1 or more"),
+                                   ("--max-deliveries", "many", "a whole number, 1 or more")]:
+        done = consume(*named, option, value, "--dry-run")
+        assert done.exit_code == 2, done.output
+        assert f"Invalid value for {option}: {allowed}" in done.stderr, done.stderr
+        assert f"(got '{value}')" in done.stderr
+    done = consume(*named[:-2], "--lease", "1m", "--dry-run")
+    assert done.exit_code == 2 and "--lease needs --name" in done.stderr, done.stderr
+
+    done = consume(*named, "--lease", "90s", "--dry-run")
+    assert done.exit_code == 0, done.output
+    assert "consumer n (leases of 90s, dead-letter after 5 deliveries)" in done.stdout
+
+    config = tmp_path / "two.toml"
+    config.write_text(textwrap.dedent(f"""
+        url = "{sqlite_broker.url}"
+        [[pipeline]]
+        name = "a"
+        topics = ["t"]
+        sinks = ["stdout"]
+        lease = "5m"
+        [[pipeline]]
+        name = "b"
+        topics = ["u"]
+        sinks = ["stdout"]
+        max_deliveries = 9
+    """))
+    done = consume("--config", str(config), "--dry-run")
+    assert done.exit_code == 0, done.output
+    assert "consumer a (leases of 5m, dead-letter after 5 deliveries)" in done.stdout
+    assert "consumer b (leases of 30s, dead-letter after 9 deliveries)" in done.stdout
+    done = consume("--config", str(config), "--max-deliveries", "2", "--dry-run")
+    assert done.exit_code == 0, done.output
+    assert "consumer a (leases of 5m, dead-letter after 2 deliveries)" in done.stdout
+    assert "consumer b (leases of 30s, dead-letter after 2 deliveries)" in done.stdout
+    done = consume("--config", str(config), "--lease", "0", "--dry-run")
+    assert done.exit_code == 2 and "Invalid value for --lease" in done.stderr, done.stderr
+
+    config.write_text(config.read_text().replace('"5m"', '"forever"'))
+    done = consume("--config", str(config), "--dry-run")
+    assert done.exit_code == 2, done.output
+    assert "Invalid value for --config" in done.stderr
+    assert "pipeline 1 ('a'): lease: a duration from 1s to 1h" in done.stderr
+
+
+def test_a_dead_runners_short_lease_comes_back_and_is_dead_lettered(
+        sqlite_broker, runners, tmp_path: Path) -> None:
+    """Through the flags: the first runner holds its lease (its sink hangs) for --lease 1s at
+    a time; killed, its batch is handed out again after that second, and the second runner,
+    with --max-deliveries 1, writes that second hand-out to the dead-letter file. With the
+    default 30 s lease the second runner would still be waiting at its deadline."""
+    topic = new_topic("flags")
+    records = [make_record(i) for i in range(10)]
+    produce_records(sqlite_broker.url, topic, records)
+    common = ["--url", sqlite_broker.url, "--topic", topic, "--name", "flags"]
+    with Endpoint(mode="hang") as hanging, Endpoint() as fine:
+        holder = start_runner(runners, [*common, "--sink", hanging.url, "--lease", "1s"],
+                              tmp_path)
+        wait_until(lambda: hanging.requests >= 1, timeout=30, message="the batch in the sink")
+        holder.kill9()
+        dead = tmp_path / "dead.jsonl"
+        done = run_once([*common, "--sink", fine.url, "--max-deliveries", "1", "--until-empty",
+                         "--dead-letter", str(dead)], tmp_path, timeout=25)
+        assert done.returncode == 0, done.stderr
+        assert fine.records == [], "the twice-handed-out batch went to the sink"
+    letters = read_jsonl(dead)
+    assert [json.loads(d["message"]) for d in letters] == records
+    assert all("handed out 2 times (max_deliveries 1)" in d["reason"] for d in letters)
+    assert position(sqlite_broker.url, topic, "flags") == 10

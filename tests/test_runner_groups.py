@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import sqlalchemy as sa
+from lqhttp import metric, scrape
 from runner_helpers import (
     Endpoint,
     RunnerProcess,
@@ -164,3 +165,25 @@ def test_a_range_handed_out_too_often_is_dead_lettered_and_acked(
     assert [json.loads(d["message"])["i"] for d in dead] == list(range(10))
     assert all("handed out 2 times (max_deliveries 1)" in d["reason"] for d in dead)
     assert position(broker.url, topic, "shared") == 10
+
+
+def test_a_runner_acks_each_lease_with_the_request_for_the_next(
+        pg_url: str, start_broker, tmp_path: Path) -> None:
+    """One request per batch: the ack of each written lease rides on the next lease request,
+    none goes on its own (a fresh broker, so its counters are this runner's)."""
+    broker = start_broker(pg_url)
+    topic = new_topic("groupr")
+    produce(broker.url, topic, _messages(0, 5 * BATCH))
+    out = tmp_path / "out.jsonl"
+    config = _config(tmp_path / "runner.toml", broker.url, topic, [f"file:{out}"])
+    config.write_text(config.read_text().replace('url = "', 'until_empty = true\nurl = "', 1))
+    done = run_once(["--config", str(config)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _file_offsets(out) == list(range(5 * BATCH))
+    assert position(broker.url, topic, "shared") == 5 * BATCH
+    samples = scrape(broker.url)
+    requests = {path: metric(samples, "lq_http_requests_total", endpoint=path, method="POST",
+                             status="200") for path in ("/consumer/lease", "/consumer/ack")}
+    # 5 leases, each acked by the next request (the last by one that finds no work), then
+    # one empty lease before --until-empty ends.
+    assert requests == {"/consumer/lease": 7, "/consumer/ack": 0}, requests

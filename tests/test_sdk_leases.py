@@ -112,6 +112,24 @@ def test_a_lease_that_expired_and_moved_is_lost(client: Client, topic: str) -> N
         assert other.ack(theirs) == 2
 
 
+def test_a_lease_can_carry_the_ack_of_the_previous_one(client: Client, topic: str) -> None:
+    _fill(client, topic, 6)
+    with Consumer(client, name="carry") as consumer, Consumer(client, name="carry") as other:
+        first = consumer.lease(topic, max=3)
+        assert first is not None
+        second = consumer.lease(topic, max=3, ack=first)
+        assert second is not None and (second.first, second.last) == (3, 5)
+        assert consumer.size(topic) == 3, "the first lease acked with the second's hand-out"
+        assert consumer.lease(topic, ack=second) is None
+        assert consumer.size(topic) == 0
+        _fill(client, topic, 1)
+        with pytest.raises(LeaseLost):  # acked already: nothing is handed out either
+            consumer.lease(topic, ack=second)
+        last = other.lease(topic)
+        assert last is not None and (last.first, last.last) == (6, 6)
+        other.ack(last)
+
+
 def test_an_unnamed_stream_still_fetches_and_commits(client: Client, topic: str) -> None:
     _fill(client, topic, 4)
     with Consumer(client) as consumer:

@@ -168,10 +168,10 @@ SELECT_EXPIRED_LEASE = text(
     "WHERE consumer_id = :consumer AND expires_us <= :now ORDER BY first_offset LIMIT 1")
 # Taken for a redelivery only while still expired: an extend that committed first keeps it.
 TAKE_EXPIRED_LEASE = text("DELETE FROM lq_leases WHERE id = :lease AND expires_us <= :now")
-INSERT_LEASE = text(
+INSERT_LEASE = text(  # a taken random id inserts nothing (rowcount 0): no savepoint needed
     "INSERT INTO lq_leases (id, consumer_id, topic_id, first_offset, last_offset, expires_us, "
     "deliveries, holder, leased_us) VALUES (:id, :consumer, :topic, :first, :last, :expires, "
-    ":deliveries, :holder, :now)")
+    ":deliveries, :holder, :now) ON CONFLICT (id) DO NOTHING")
 ACK_LEASE = text("DELETE FROM lq_leases WHERE id = :lease AND consumer_id = :consumer")
 EXTEND_LEASE = text(
     "UPDATE lq_leases SET expires_us = :expires WHERE id = :lease AND consumer_id = :consumer "
