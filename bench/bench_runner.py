@@ -165,57 +165,63 @@ def main() -> None:
                 groups(url, args.group_records, args.rounds, workdir, record, pg)
             return
         with broker() as url, pg_database() as pg:
-            topic = "bench"
-            with Client(url) as client:
-                producer = client.producer()
-                for start in range(0, args.records, 1000):
-                    producer.send_many(topic, [record(i) for i in
-                                               range(start, min(start + 1000, args.records))])
-            # label, sink, its options, prefetch; "{dir}" and "{name}" are filled per run
-            paths: list[tuple[str, str, dict[str, str | bool], bool]] = []
-            sinks: list[tuple[str, str, dict[str, str | bool]]] = [
-                ("file (JSON lines, fsync)", "file:{dir}/out-{name}.jsonl", {}),
-                ("file (fsync=false)", "file:{dir}/out-{name}.jsonl?fsync=false", {}),
-                ("sql (SQLite)", "sql:sqlite:///{dir}/sink-{name}.db", {})]
-            if pg:  # one table per run, so every run writes fresh rows
-                sinks += [("sql (PostgreSQL, multi-row INSERT)", f"sql:{pg}",
-                           {"table": "t_{name}", "copy": False}),
-                          ("sql (PostgreSQL, COPY)", f"sql:{pg}", {"table": "t_{name}"})]
-            for label, sink, options in sinks:
-                for prefetch in (False, True):
-                    paths.append((f"lq consume -> {label}, prefetch "
-                                  f"{'on' if prefetch else 'off'}", sink, options, prefetch))
-            results: dict[str, list[float]] = {"raw": []}
-            for r in range(args.rounds):
-                results["raw"].append(raw_consume(url, topic, args.records, f"raw-{r}"))
-                for index, (label, sink, options, prefetch) in enumerate(paths):
-                    name = f"p{index}_r{r}"
-                    filled = {k: v.format(name=name) if isinstance(v, str) else v
-                              for k, v in options.items()}
-                    results.setdefault(label, []).append(runner_rate(
-                        url, topic, sink.format(dir=workdir, name=name), name, workdir,
-                        prefetch, **filled))
-            rows = [("raw consume (SDK fetch+commit, no sink)",
-                     statistics.median(results["raw"]))]
-            rows += [(label, statistics.median(results[label])) for label, *_ in paths]
-            raw = rows[0][1]
-            print(f"\nThroughput, {args.records:,} records of ~400 bytes, broker on SQLite, "
-                  f"batch 1000, median of {args.rounds} round(s)\n")
-            print("| path | records/s | ratio to raw consume |")
-            print("|---|---:|---:|")
-            for label, value in rows:
-                print(f"| {label} | {value:,.0f} | {value / raw:.2f} |")
-
-            seen, total = latency(url, workdir, args.rate, args.seconds)
-            print(f"\nLatency logger.info() -> line in the file sink, {args.rate}/s for "
-                  f"{args.seconds:.0f} s ({len(seen):,}/{total:,} records seen)\n")
-            print("| p50 ms | p90 ms | p99 ms | max ms | mean ms |")
-            print("|---:|---:|---:|---:|---:|")
-            if seen:
-                print(f"| {pct(seen, 50):.1f} | {pct(seen, 90):.1f} | {pct(seen, 99):.1f} | "
-                      f"{max(seen):.1f} | {statistics.mean(seen):.1f} |")
-
+            throughput(url, pg, args, workdir)
+            latency_table(url, workdir, args.rate, args.seconds)
             groups(url, args.group_records, args.rounds, workdir, record, pg)
+
+
+def throughput(url: str, pg: str | None, args: argparse.Namespace, workdir: Path) -> None:
+    """The throughput table: raw consume and `lq consume` into each sink, prefetch off/on."""
+    topic = "bench"
+    with Client(url) as client:
+        producer = client.producer()
+        for start in range(0, args.records, 1000):
+            producer.send_many(topic, [record(i) for i in
+                                       range(start, min(start + 1000, args.records))])
+    # label, sink, its options, prefetch; "{dir}" and "{name}" are filled per run
+    paths: list[tuple[str, str, dict[str, str | bool], bool]] = []
+    sinks: list[tuple[str, str, dict[str, str | bool]]] = [
+        ("file (JSON lines, fsync)", "file:{dir}/out-{name}.jsonl", {}),
+        ("file (fsync=false)", "file:{dir}/out-{name}.jsonl?fsync=false", {}),
+        ("sql (SQLite)", "sql:sqlite:///{dir}/sink-{name}.db", {})]
+    if pg:  # one table per run, so every run writes fresh rows
+        sinks += [("sql (PostgreSQL, multi-row INSERT)", f"sql:{pg}",
+                   {"table": "t_{name}", "copy": False}),
+                  ("sql (PostgreSQL, COPY)", f"sql:{pg}", {"table": "t_{name}"})]
+    for label, sink, options in sinks:
+        for prefetch in (False, True):
+            paths.append((f"lq consume -> {label}, prefetch "
+                          f"{'on' if prefetch else 'off'}", sink, options, prefetch))
+    results: dict[str, list[float]] = {"raw": []}
+    for r in range(args.rounds):
+        results["raw"].append(raw_consume(url, topic, args.records, f"raw-{r}"))
+        for index, (label, sink, options, prefetch) in enumerate(paths):
+            name = f"p{index}_r{r}"
+            filled = {k: v.format(name=name) if isinstance(v, str) else v
+                      for k, v in options.items()}
+            results.setdefault(label, []).append(runner_rate(
+                url, topic, sink.format(dir=workdir, name=name), name, workdir,
+                prefetch, **filled))
+    rows = [("raw consume (SDK fetch+commit, no sink)", statistics.median(results["raw"]))]
+    rows += [(label, statistics.median(results[label])) for label, *_ in paths]
+    raw = rows[0][1]
+    print(f"\nThroughput, {args.records:,} records of ~400 bytes, broker on SQLite, "
+          f"batch 1000, median of {args.rounds} round(s)\n")
+    print("| path | records/s | ratio to raw consume |")
+    print("|---|---:|---:|")
+    for label, value in rows:
+        print(f"| {label} | {value:,.0f} | {value / raw:.2f} |")
+
+
+def latency_table(url: str, workdir: Path, rate: int, seconds: float) -> None:
+    seen, total = latency(url, workdir, rate, seconds)
+    print(f"\nLatency logger.info() -> line in the file sink, {rate}/s for "
+          f"{seconds:.0f} s ({len(seen):,}/{total:,} records seen)\n")
+    print("| p50 ms | p90 ms | p99 ms | max ms | mean ms |")
+    print("|---:|---:|---:|---:|---:|")
+    if seen:
+        print(f"| {pct(seen, 50):.1f} | {pct(seen, 90):.1f} | {pct(seen, 99):.1f} | "
+              f"{max(seen):.1f} | {statistics.mean(seen):.1f} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ free again. The ack is answered before the next batch is written: a runner kille
 leaves only the lease in hand to be written again. (Sending it while the next batch is
 written would hide its round trip too, at the price of a second batch written twice after
 a kill -9.) Only when that request finds no work does the runner long-poll for a lease.
+Without prefetch (``prefetch = false``), the ack goes alone and the next lease is asked for
+after it: two requests per batch.
 
 Stopping: the lease in hand is finished and acked, one taken with its ack released (handed
 out again at once); a lease whose batch could not be written is released too.
@@ -74,7 +76,7 @@ class LeaseWorker(TopicWorker):
                     return  # the lease is released below
                 current, lease = lease, None
                 self._work(current)
-                if self.gate.stopping:  # while still busy: before the exit
+                if self.gate.stopping or not self.prefetch:  # still busy: before any exit
                     self._finish_done()
                 else:
                     lease = self._ack_and_take()

@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from lqhttp import metric, scrape
 from runner_helpers import (
@@ -167,16 +168,21 @@ def test_a_range_handed_out_too_often_is_dead_lettered_and_acked(
     assert position(broker.url, topic, "shared") == 10
 
 
+@pytest.mark.parametrize(("prefetch", "leases", "acks"), [(True, 7, 0), (False, 6, 5)])
 def test_a_runner_acks_each_lease_with_the_request_for_the_next(
-        pg_url: str, start_broker, tmp_path: Path) -> None:
-    """One request per batch: the ack of each written lease rides on the next lease request,
-    none goes on its own (a fresh broker, so its counters are this runner's)."""
+        pg_url: str, start_broker, tmp_path: Path, prefetch: bool, leases: int,
+        acks: int) -> None:
+    """One request per batch: the ack of each written lease rides on the next lease request
+    (5 leases, each acked by the next request, the last by one that finds no work, then one
+    empty lease before --until-empty ends). Without prefetch, each ack goes alone. A fresh
+    broker, so its counters are this runner's."""
     broker = start_broker(pg_url)
     topic = new_topic("groupr")
     produce(broker.url, topic, _messages(0, 5 * BATCH))
     out = tmp_path / "out.jsonl"
     config = _config(tmp_path / "runner.toml", broker.url, topic, [f"file:{out}"])
-    config.write_text(config.read_text().replace('url = "', 'until_empty = true\nurl = "', 1))
+    config.write_text(config.read_text().replace(
+        'url = "', f"until_empty = true\nprefetch = {str(prefetch).lower()}\nurl = \"", 1))
     done = run_once(["--config", str(config)], tmp_path)
     assert done.returncode == 0, done.stderr
     assert _file_offsets(out) == list(range(5 * BATCH))
@@ -184,6 +190,4 @@ def test_a_runner_acks_each_lease_with_the_request_for_the_next(
     samples = scrape(broker.url)
     requests = {path: metric(samples, "lq_http_requests_total", endpoint=path, method="POST",
                              status="200") for path in ("/consumer/lease", "/consumer/ack")}
-    # 5 leases, each acked by the next request (the last by one that finds no work), then
-    # one empty lease before --until-empty ends.
-    assert requests == {"/consumer/lease": 7, "/consumer/ack": 0}, requests
+    assert requests == {"/consumer/lease": leases, "/consumer/ack": acks}, requests
