@@ -38,20 +38,11 @@ class Database:
         if conn is not None:
             yield conn
             return
-        with self.translated():
-            locked = self._write_lock is not None and write
-            if locked and not self._write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
-                raise Unavailable("the database is busy: no write slot within "
-                                  f"{WRITE_LOCK_TIMEOUT:.0f} s")
-            try:
-                with self.engine.connect() as new, \
-                        self.dialect.bounded(new.connection.dbapi_connection):
-                    new.execution_options(lq_write=write)
-                    with new.begin():
-                        yield new
-            finally:
-                if locked:
-                    self._write_lock.release()
+        with self.translated(), self._write_slot(write), self.engine.connect() as new, \
+                self.dialect.bounded(new.connection.dbapi_connection):
+            new.execution_options(lq_write=write)
+            with new.begin():
+                yield new
 
     @contextmanager
     def driver_connection(self, write: bool = False) -> Iterator[Any]:
@@ -59,23 +50,30 @@ class Database:
         statements, transaction control included (appends.py): the same write slot, deadline
         and error translation as `transaction`. A driver error goes on as SQLAlchemy would
         raise it, and a connection it broke leaves the pool."""
-        with self.translated():
-            locked = self._write_lock is not None and write
-            if locked and not self._write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
-                raise Unavailable("the database is busy: no write slot within "
-                                  f"{WRITE_LOCK_TIMEOUT:.0f} s")
+        with self.translated(), self._write_slot(write):
+            with _as_sqlalchemy_errors(self.engine):  # the pool connects: no server?
+                proxied = self.engine.raw_connection()
             try:
-                with _as_sqlalchemy_errors(self.engine):  # the pool connects: no server?
-                    proxied = self.engine.raw_connection()
-                try:
-                    with self.dialect.bounded(proxied.dbapi_connection), \
-                            _as_sqlalchemy_errors(self.engine, proxied):
-                        yield proxied.dbapi_connection
-                finally:
-                    proxied.close()
+                with self.dialect.bounded(proxied.dbapi_connection), \
+                        _as_sqlalchemy_errors(self.engine, proxied):
+                    yield proxied.dbapi_connection
             finally:
-                if locked:
-                    self._write_lock.release()
+                proxied.close()
+
+    @contextmanager
+    def _write_slot(self, write: bool) -> Iterator[None]:
+        """The dialect's write slot (SQLite: one writer at a time), waited for at most
+        WRITE_LOCK_TIMEOUT; nothing to hold for a read or where the dialect has none."""
+        if self._write_lock is None or not write:
+            yield
+            return
+        if not self._write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
+            raise Unavailable("the database is busy: no write slot within "
+                              f"{WRITE_LOCK_TIMEOUT:.0f} s")
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def translated(self, **context: Any) -> AbstractContextManager[None]:
         """Driver errors translated (driver.py) with `context` for the messages, for a block
