@@ -53,7 +53,7 @@ def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[
 
     def in_store() -> None:
         batch, _pos = store.consumers.fetch(topic, store_cid, 1000)
-        store.consumers.commit(topic, store_cid, batch.messages[-1].offset + 1)
+        store.consumers.commit(topic, store_cid, batch.messages[-1][0] + 1)
 
     def in_flask() -> None:
         reply = flask_client.get("/consumer/fetch", query_string={
