@@ -18,6 +18,7 @@ from .endpoints import ENDPOINTS, bp, endpoint
 from .errors import BadRequest, QueueEmpty, TooLarge
 from .replies import Encoded
 from .store import AppendRequest, ConsumerInfo, LeaseInfo, Row, Store, get_store, iso_time
+from .token_schemas import CreateToken, TokenCreated, TokenList, TokenOut, TokenRef
 
 
 def _store() -> Store:
@@ -270,8 +271,8 @@ def status() -> s.Status:
 
 
 # --- tokens ----------------------------------------------------------------------------------
-@endpoint("POST", "/tokens", s.CreateToken, s.TokenCreated, scope="admin")
-def create_token(req: s.CreateToken) -> s.TokenCreated:
+@endpoint("POST", "/tokens", CreateToken, TokenCreated, scope="admin")
+def create_token(req: CreateToken) -> TokenCreated:
     """Create a token with topic globs per verb; the reply is the only time it is shown."""
     if not (req.produce or req.consume or req.admin):
         raise BadRequest("a token needs 'produce' or 'consume' globs, or 'admin'")
@@ -282,22 +283,22 @@ def create_token(req: s.CreateToken) -> s.TokenCreated:
     token, digest = auth.new_token()
     _store().tokens.create(name, digest, tuple(req.produce), tuple(req.consume), req.admin)
     auth.get_auth(current_app).forget()
-    return s.TokenCreated(name=name, token=token, produce=req.produce, consume=req.consume,
-                          admin=req.admin)
+    return TokenCreated(name=name, token=token, produce=req.produce, consume=req.consume,
+                        admin=req.admin)
 
 
-@endpoint("GET", "/tokens", None, s.TokenList, scope="admin")
-def list_tokens() -> s.TokenList:
+@endpoint("GET", "/tokens", None, TokenList, scope="admin")
+def list_tokens() -> TokenList:
     """Every token's name, scopes, creation and last use (never the token)."""
-    return s.TokenList(tokens=[
-        s.TokenOut(name=t.name, produce=list(t.produce), consume=list(t.consume), admin=t.admin,
-                   created=iso_time(t.created_us),
-                   last_used=iso_time(t.used_us) if t.used_us else None)
+    return TokenList(tokens=[
+        TokenOut(name=t.name, produce=list(t.produce), consume=list(t.consume), admin=t.admin,
+                 created=iso_time(t.created_us),
+                 last_used=iso_time(t.used_us) if t.used_us else None)
         for t in _store().tokens.all()])
 
 
-@endpoint("DELETE", "/tokens", s.TokenRef, s.Done, scope="admin")
-def revoke_token(req: s.TokenRef) -> s.Done:
+@endpoint("DELETE", "/tokens", TokenRef, s.Done, scope="admin")
+def revoke_token(req: TokenRef) -> s.Done:
     """Revoke a token: every broker on the database refuses it within a second."""
     _store().tokens.revoke(req.name)
     auth.get_auth(current_app).forget()

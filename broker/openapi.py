@@ -1,4 +1,5 @@
-"""/openapi.json, generated from the endpoint declarations in api.py and the models in schemas.py.
+"""/openapi.json, generated from the endpoint declarations in api.py and the models in schemas.py
+(and token_schemas.py).
 
 Nothing here is written by hand per endpoint: a new endpoint or field shows up on its own.
 """

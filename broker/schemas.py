@@ -2,7 +2,7 @@
 
 Classic clients speak several dialects: the topic arrives as `topic`, `topic_name` or `name`,
 the message as `message` or `log_message`, ids as ints or numeric strings. The aliases live
-here and nowhere else.
+here and nowhere else. The token endpoints' models are token_schemas.py.
 """
 
 from __future__ import annotations
@@ -357,52 +357,6 @@ class TopicDescription(Reply):
 class Status(Reply):
     database: str
     version: str
-
-
-# --- tokens (auth.py) ------------------------------------------------------------------------
-GLOB_PATTERN = r"^[A-Za-z0-9._:*?\[\]!-]{1,200}$"
-Glob = Annotated[str, StringConstraints(pattern=GLOB_PATTERN)]
-TokenName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
-
-
-def _glob_list(value: object) -> object:
-    """A query string or a form gives one string: globs separated by commas."""
-    return [part for part in value.split(",") if part] if isinstance(value, str) else value
-
-
-Globs = Annotated[list[Glob], BeforeValidator(_glob_list), Field(max_length=100)]
-
-
-class CreateToken(Request):
-    name: TokenName | None = Field(default=None, description="Default: token-<random>.")
-    produce: Globs = Field(default_factory=list, description="Topic globs it may produce to.")
-    consume: Globs = Field(default_factory=list, description="Topic globs it may read.")
-    admin: bool = Field(default=False, description="Everything: topics, tokens, every topic.")
-
-
-class TokenRef(Request):
-    name: TokenName
-
-
-class TokenCreated(Reply):
-    name: str
-    token: str = Field(description="Shown once: the broker keeps only its SHA-256.")
-    produce: list[str]
-    consume: list[str]
-    admin: bool
-
-
-class TokenOut(BaseModel):
-    name: str
-    produce: list[str]
-    consume: list[str]
-    admin: bool
-    created: str
-    last_used: str | None = None
-
-
-class TokenList(Reply):
-    tokens: list[TokenOut]
 
 
 # --- consumer groups: leases -------------------------------------------------------------------
