@@ -1,7 +1,7 @@
 """What every client command of `lq` shares: ``--url``/``--token``/``--cacert`` (declared once,
 each with its env var), the TOPIC argument and ``--retention`` checked by :mod:`sdk.contract`,
-the client they make, one-line errors instead of tracebacks, and the aligned table their
-output uses.
+other values checked before any request (:func:`checked`), the client they make, one-line
+errors instead of tracebacks, and the aligned table their output uses.
 """
 
 from __future__ import annotations
@@ -147,18 +147,27 @@ def _check_topic(_ctx: click.Context, _param: click.Parameter, value: str) -> st
     return value
 
 
+def checked(parse: Callable[[str], object], *, convert: bool = False) -> Callable[..., Any]:
+    """A click callback that refuses a bad value with one error line (``--NAME: why``, exit
+    2) before any request is made; it passes the value on as given, or with ``convert`` as
+    ``parse`` read it."""
+
+    def callback(_ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            parsed = parse(value)
+        except ValueError as exc:
+            raise CliError(f"--{param.name}: {exc}", 2) from None
+        return parsed if convert else value
+
+    return callback
+
+
 def retention_option(help_text: str) -> Callable[[F], F]:
     """``--retention DURATION``, read by :func:`sdk.contract.parse_duration_ms` into ms."""
-    return click.option("--retention", metavar="DURATION", callback=_duration, help=help_text)
-
-
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration_ms(value)
-    except ValueError as exc:
-        raise CliError(f"--retention: {exc}", 2) from None
+    return click.option("--retention", metavar="DURATION",
+                        callback=checked(parse_duration_ms, convert=True), help=help_text)
 
 
 def on_sigterm_raise_interrupt() -> None:

@@ -13,7 +13,7 @@ import click
 
 from sdk.cli.options import (
     CONTEXT,
-    CliError,
+    checked,
     client_options,
     handle_errors,
     make_client,
@@ -22,16 +22,6 @@ from sdk.cli.options import (
 )
 from sdk.client import Client, parse_ts
 from sdk.contract import parse_duration_ms
-
-
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """A duration such as 1h, checked before any request is made."""
-    if value is not None:
-        try:
-            parse_duration_ms(value)
-        except ValueError as exc:
-            raise CliError(f"--active: {exc}", 2) from None
-    return value
 
 
 class _Query(NamedTuple):
@@ -58,7 +48,7 @@ Examples:
 @click.option("-c", "--consumers", is_flag=True,
               help="Also each consumer registration: lag, leases outstanding, lease holders "
                    "seen in the last minute, last activity.")
-@click.option("--active", metavar="DURATION", callback=_duration,
+@click.option("--active", metavar="DURATION", callback=checked(parse_duration_ms),
               help="Count only the consumer registrations used within DURATION (e.g. 1h): "
                    "idle ones are left out of the consumers, the largest lag and --consumers.")
 @client_options

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import click
 
 from sdk.cli.options import (
     CONTEXT,
-    CliError,
+    checked,
     client_options,
     handle_errors,
     make_client,
@@ -27,21 +27,6 @@ from sdk.render import RecordFilter, compile_grep, format_text, parse_level, par
 
 #: With a filter, `-n N` reads back window by window, each twice the last, up to this many.
 MAX_WINDOW = 10_000
-
-
-def _checked(parse: Callable[[str], object]) -> Callable[..., str | None]:
-    """A click callback that refuses a bad value with one error line (exit 2), before any
-    request is made."""
-
-    def callback(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse(value)
-            except ValueError as exc:
-                raise CliError(f"--{param.name}: {exc}", 2) from None
-        return value
-
-    return callback
 
 
 @click.command("tail", context_settings=CONTEXT, epilog="""\b
@@ -72,16 +57,16 @@ reads by offset, and removes the registration when it exits (Ctrl-C or SIGTERM t
 @topic_argument
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new messages (long-poll).")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest message kept.")
-@click.option("--since", metavar="WHEN", callback=_checked(start_point),
+@click.option("--since", metavar="WHEN", callback=checked(start_point),
               help="Start at the first message appended at or after WHEN: an ISO-8601 time "
                    "or a duration back from now (10m, 2h).")
 @click.option("-n", "--lines", "count", type=click.IntRange(0), default=10, show_default=True,
               help="Start with the last N messages (that match the filters).")
-@click.option("--level", metavar="LEVEL", callback=_checked(parse_level),
+@click.option("--level", metavar="LEVEL", callback=checked(parse_level),
               help="Only records at LEVEL or above: DEBUG, INFO, WARNING, ERROR, CRITICAL.")
 @click.option("--logger", metavar="NAME",
               help="Only records of logger NAME and its children (NAME.*).")
-@click.option("--grep", metavar="TEXT", callback=_checked(compile_grep),
+@click.option("--grep", metavar="TEXT", callback=checked(compile_grep),
               help="Only messages whose text contains TEXT; re:REGEX for a regular expression.")
 @click.option("--json", "as_json", is_flag=True,
               help='The messages as stored, one JSON object per line: {"offset", "ts", '
