@@ -159,45 +159,13 @@ def test_primary_lost_standby_promoted(pair: pgcluster.Pair, tmp_path: Path, fau
 
 def run_failover(pair: pgcluster.Pair, brokers: list[BrokerProcess], fault: str) -> None:
     traffic = Traffic([b.url for b in brokers], "failover")
-    with Client(brokers[0].url) as admin:
-        admin.create_topic(traffic.topic)
-    threads = [threading.Thread(target=traffic.produce, args=(i,), daemon=True)
-               for i in range(PRODUCERS)]
-    threads.append(threading.Thread(target=traffic.consume, daemon=True))
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: len(traffic.acks) >= PRODUCERS * BEFORE or traffic.errors, timeout=60,
-               message="traffic before the fault")
-
+    threads, started = start_traffic(traffic, brokers[0].url)
     for broker in brokers:  # /healthz says which host each broker writes to
         assert writes_to(broker) == f"127.0.0.1:{pair.primary.port}"
     killed = time.monotonic()
-    if fault == "kill":
-        pair.primary.kill()
-        # Promote once both brokers have noticed (as an operator or Patroni would after its
-        # own health checks): until then the outage is the brokers' to report.
-        wait_until(lambda: all(answers_503(b) for b in brokers), timeout=30,
-                   message="both brokers answering 503 without a primary")
-    else:
-        pair.primary.freeze()
-        wait_until(lambda: all(not_serving(b) for b in brokers), timeout=30,
-                   message="both brokers noticing the frozen primary")
+    lose_primary(pair, brokers, fault)
     promoted = pair.promote_standby()
-    try:
-        wait_until(lambda: traffic.acked_after(promoted) or traffic.errors,
-                   timeout=RECOVERY_BOUND, message="produce working after the promotion")
-        wait_until(lambda: len(traffic.acked_after(promoted)) >= PRODUCERS * AFTER
-                   or traffic.errors, timeout=60, message="traffic after the promotion")
-    except BaseException:
-        # End the traffic before the brokers go, so no client thread outlives the test: the
-        # old primary, stopped, closes its connections and hung calls fail over.
-        traffic.stop_producing.set()
-        traffic.stop_consuming.set()
-        pair.primary.stop()
-        for thread in threads:
-            thread.join(60)
-        raise
+    wait_for_traffic_after(promoted, pair, traffic, threads)
     for broker in brokers:
         assert writes_to(broker) == f"127.0.0.1:{pair.standby.port}"
     # The consumer's long-polls made a LISTEN connection; it moved to the new primary.
@@ -225,6 +193,56 @@ def run_failover(pair: pgcluster.Pair, brokers: list[BrokerProcess], fault: str)
           f"{total} messages in {len(traffic.acks)} batches; produce "
           f"{traffic.rate(started, killed):.0f} msg/s before, "
           f"{traffic.rate(first_after, time.monotonic()):.0f} msg/s after")
+
+
+def start_traffic(traffic: Traffic, url: str) -> tuple[list[threading.Thread], float]:
+    """The topic, the producer threads and the consumer thread (last), running until
+    PRODUCERS * BEFORE batches are acknowledged; also when they started."""
+    with Client(url) as admin:
+        admin.create_topic(traffic.topic)
+    threads = [threading.Thread(target=traffic.produce, args=(i,), daemon=True)
+               for i in range(PRODUCERS)]
+    threads.append(threading.Thread(target=traffic.consume, daemon=True))
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(traffic.acks) >= PRODUCERS * BEFORE or traffic.errors, timeout=60,
+               message="traffic before the fault")
+    return threads, started
+
+
+def lose_primary(pair: pgcluster.Pair, brokers: list[BrokerProcess], fault: str) -> None:
+    """Kill or freeze the primary, and wait until both brokers have noticed."""
+    if fault == "kill":
+        pair.primary.kill()
+        # Promote once both brokers have noticed (as an operator or Patroni would after its
+        # own health checks): until then the outage is the brokers' to report.
+        wait_until(lambda: all(answers_503(b) for b in brokers), timeout=30,
+                   message="both brokers answering 503 without a primary")
+    else:
+        pair.primary.freeze()
+        wait_until(lambda: all(not_serving(b) for b in brokers), timeout=30,
+                   message="both brokers noticing the frozen primary")
+
+
+def wait_for_traffic_after(promoted: float, pair: pgcluster.Pair, traffic: Traffic,
+                           threads: list[threading.Thread]) -> None:
+    """Produce working within RECOVERY_BOUND of the promotion, then PRODUCERS * AFTER batches
+    acknowledged after it."""
+    try:
+        wait_until(lambda: traffic.acked_after(promoted) or traffic.errors,
+                   timeout=RECOVERY_BOUND, message="produce working after the promotion")
+        wait_until(lambda: len(traffic.acked_after(promoted)) >= PRODUCERS * AFTER
+                   or traffic.errors, timeout=60, message="traffic after the promotion")
+    except BaseException:
+        # End the traffic before the brokers go, so no client thread outlives the test: the
+        # old primary, stopped, closes its connections and hung calls fail over.
+        traffic.stop_producing.set()
+        traffic.stop_consuming.set()
+        pair.primary.stop()
+        for thread in threads:
+            thread.join(60)
+        raise
 
 
 def check_stored(traffic: Traffic, url: str, total: int) -> None:

@@ -77,20 +77,9 @@ def _consumer(page: Any, topic: str, name: str) -> Any:
 
 def test_page_lists_topics_and_lag_and_follows_new_messages(
         browser: Any, start_broker: Callable[..., BrokerProcess], tmp_path: Path) -> None:
-    from playwright.sync_api import expect
-
     proc = start_broker(f"sqlite:///{tmp_path / 'web.db'}", token=TOKEN)
     orders, audit = unique_topic("web.orders"), unique_topic("web.audit")
-    with Api(proc.url, TOKEN) as api:
-        pid = api.producer(orders)
-        api.produce(orders, pid, messages=[f"order {i}" for i in range(7)])
-        api.ok("POST", "/topics", {"topic_name": audit, "retention_messages": 1000,
-                                   "retention_ms": 7 * 86_400_000})
-        audit_pid = api.producer(audit)
-        api.produce(audit, audit_pid, messages=["a", "b", "c"])
-        reader = api.consumer(orders, consumer_name="web-reader")
-        assert len(api.consume_batch(orders, reader, max=2)) == 2
-        api.consumer(audit)  # unnamed, has read nothing
+    pid = _two_topics_and_two_consumers(proc.url, orders, audit)
 
     # The shell and its assets need no token; the data still does.
     assert requests.get(proc.url + "/", timeout=5).status_code == 200
@@ -109,52 +98,84 @@ def test_page_lists_topics_and_lag_and_follows_new_messages(
             and "401" not in m.text else None)
     try:
         page.goto(proc.url + "/?refresh=0.5")
-
-        # Asked once for the token; a wrong one is refused and asked again.
-        expect(page.locator("#login")).to_be_visible(timeout=WAIT_MS)
-        page.fill("#token", "wrong")
-        page.click("#login button[type=submit]")
-        expect(page.locator("#login-error")).to_have_text("That token was refused.",
-                                                          timeout=WAIT_MS)
-        page.fill("#token", TOKEN)
-        page.click("#login button[type=submit]")
-        expect(page.locator("#login")).to_be_hidden(timeout=WAIT_MS)
-
-        expect(_row(page, orders).locator(".messages")).to_have_text("7", timeout=WAIT_MS)
-        expect(_row(page, orders).locator(".max-lag")).to_have_text("5")
-        expect(_row(page, orders).locator(".consumers")).to_have_text("1")
-        expect(_row(page, audit).locator(".messages")).to_have_text("3")
-        expect(_row(page, audit).locator(".max-lag")).to_have_text("3")
-        expect(_row(page, audit).locator(".retention")).to_have_text("7d · 1,000 msgs")
-        expect(_row(page, orders).locator(".retention")).to_have_text("default")
-        named = _consumer(page, orders, "web-reader")
-        expect(named.locator(".position")).to_have_text("2")
-        expect(named.locator(".lag")).to_have_text("5")
-        expect(_consumer(page, audit, "").locator(".name")).to_have_text("(unnamed)")
-        expect(page.locator("#health")).to_have_attribute("data-state", "ok")
-        expect(page.locator("#health-text")).to_contain_text("sqlite")
+        _log_in_after_a_wrong_token(page)
+        _expect_topics_and_consumers(page, orders, audit)
         assert page.evaluate("sessionStorage.getItem('lq.token')") == TOKEN
-
-        # More messages: the page follows by itself, and the rate becomes visible.
-        with Api(proc.url, TOKEN) as api:
-            api.produce(orders, pid, messages=[f"more {i}" for i in range(40)])
-        expect(_row(page, orders).locator(".messages")).to_have_text("47", timeout=WAIT_MS)
-        expect(_row(page, orders).locator(".max-lag")).to_have_text("45", timeout=WAIT_MS)
-        expect(named.locator(".lag")).to_have_text("45", timeout=WAIT_MS)
-        expect(page.locator("#sum-messages")).to_have_text("50", timeout=WAIT_MS)
-        expect(_row(page, orders).locator(".spark polyline")).to_have_count(1, timeout=WAIT_MS)
-
-        # The token is kept for the session: a reload does not ask again.
-        page.reload()
-        expect(_row(page, orders).locator(".messages")).to_have_text("47", timeout=WAIT_MS)
-        expect(page.locator("#login")).to_be_hidden()
-
+        _expect_it_follows_new_messages(page, proc.url, orders, pid)
         screenshot = os.environ.get("WEB_PAGE_SCREENSHOT")
         page.screenshot(path=screenshot or str(tmp_path / "web-page.png"), full_page=True)
     finally:
         context.close()
     assert not foreign, f"the page loaded something from elsewhere: {foreign}"
     assert not problems, f"errors in the page: {problems}"
+
+
+def _two_topics_and_two_consumers(url: str, orders: str, audit: str) -> int:
+    """`orders`: 7 messages, a named consumer that read 2; `audit`: 3 messages, a retention,
+    an unnamed consumer that read nothing. Returns the producer id on `orders`."""
+    with Api(url, TOKEN) as api:
+        pid = api.producer(orders)
+        api.produce(orders, pid, messages=[f"order {i}" for i in range(7)])
+        api.ok("POST", "/topics", {"topic_name": audit, "retention_messages": 1000,
+                                   "retention_ms": 7 * 86_400_000})
+        audit_pid = api.producer(audit)
+        api.produce(audit, audit_pid, messages=["a", "b", "c"])
+        reader = api.consumer(orders, consumer_name="web-reader")
+        assert len(api.consume_batch(orders, reader, max=2)) == 2
+        api.consumer(audit)  # unnamed, has read nothing
+    return pid
+
+
+def _log_in_after_a_wrong_token(page: Any) -> None:
+    """Asked once for the token; a wrong one is refused and asked again."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#login")).to_be_visible(timeout=WAIT_MS)
+    page.fill("#token", "wrong")
+    page.click("#login button[type=submit]")
+    expect(page.locator("#login-error")).to_have_text("That token was refused.",
+                                                      timeout=WAIT_MS)
+    page.fill("#token", TOKEN)
+    page.click("#login button[type=submit]")
+    expect(page.locator("#login")).to_be_hidden(timeout=WAIT_MS)
+
+
+def _expect_topics_and_consumers(page: Any, orders: str, audit: str) -> None:
+    """What _two_topics_and_two_consumers made: counts, lags, retention, consumers, health."""
+    from playwright.sync_api import expect
+
+    expect(_row(page, orders).locator(".messages")).to_have_text("7", timeout=WAIT_MS)
+    expect(_row(page, orders).locator(".max-lag")).to_have_text("5")
+    expect(_row(page, orders).locator(".consumers")).to_have_text("1")
+    expect(_row(page, audit).locator(".messages")).to_have_text("3")
+    expect(_row(page, audit).locator(".max-lag")).to_have_text("3")
+    expect(_row(page, audit).locator(".retention")).to_have_text("7d · 1,000 msgs")
+    expect(_row(page, orders).locator(".retention")).to_have_text("default")
+    named = _consumer(page, orders, "web-reader")
+    expect(named.locator(".position")).to_have_text("2")
+    expect(named.locator(".lag")).to_have_text("5")
+    expect(_consumer(page, audit, "").locator(".name")).to_have_text("(unnamed)")
+    expect(page.locator("#health")).to_have_attribute("data-state", "ok")
+    expect(page.locator("#health-text")).to_contain_text("sqlite")
+
+
+def _expect_it_follows_new_messages(page: Any, url: str, orders: str, pid: int) -> None:
+    """More messages: the page follows by itself, and the rate becomes visible; the token is
+    kept for the session, so a reload does not ask again."""
+    from playwright.sync_api import expect
+
+    with Api(url, TOKEN) as api:
+        api.produce(orders, pid, messages=[f"more {i}" for i in range(40)])
+    named = _consumer(page, orders, "web-reader")
+    expect(_row(page, orders).locator(".messages")).to_have_text("47", timeout=WAIT_MS)
+    expect(_row(page, orders).locator(".max-lag")).to_have_text("45", timeout=WAIT_MS)
+    expect(named.locator(".lag")).to_have_text("45", timeout=WAIT_MS)
+    expect(page.locator("#sum-messages")).to_have_text("50", timeout=WAIT_MS)
+    expect(_row(page, orders).locator(".spark polyline")).to_have_count(1, timeout=WAIT_MS)
+
+    page.reload()
+    expect(_row(page, orders).locator(".messages")).to_have_text("47", timeout=WAIT_MS)
+    expect(page.locator("#login")).to_be_hidden()
 
 
 # --- a broker without a token: loading, history, registrations, the tail -----------------------
