@@ -67,6 +67,12 @@ def client_options(f: F) -> F:
     return f
 
 
+def client_command(f: F) -> F:
+    """What every client command's callback wears, in this order: the client options, the
+    click context (first argument, for :func:`make_client`) and :func:`handle_errors`."""
+    return client_options(click.pass_context(handle_errors(f)))
+
+
 def _chosen(ctx: click.Context, name: str, default: str | None) -> str | None:
     return ctx.meta.get(_CHOSEN, {}).get(name, (None, default))[1] or default
 

@@ -12,8 +12,7 @@ import click
 
 from sdk.cli.options import (
     CONTEXT,
-    client_options,
-    handle_errors,
+    client_command,
     make_client,
     on_sigterm_raise_interrupt,
     topic_argument,
@@ -39,9 +38,7 @@ Ctrl-C) the number of messages sent goes to stderr.
 @click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True,
               help="Most lines per request (what is already waiting on stdin is sent "
                    "together; a lone line goes at once).")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def produce_command(ctx: click.Context, topic: str, messages: tuple[str, ...],
                     batch: int) -> None:
     """Send MESSAGEs to TOPIC, or one message per line of stdin when none are given."""

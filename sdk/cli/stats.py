@@ -14,8 +14,7 @@ import click
 from sdk.cli.options import (
     CONTEXT,
     checked,
-    client_options,
-    handle_errors,
+    client_command,
     make_client,
     on_sigterm_raise_interrupt,
     table,
@@ -51,9 +50,7 @@ Examples:
 @click.option("--active", metavar="DURATION", callback=checked(parse_duration_ms),
               help="Count only the consumer registrations used within DURATION (e.g. 1h): "
                    "idle ones are left out of the consumers, the largest lag and --consumers.")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def stats_command(ctx: click.Context, watch: bool, interval: float, as_json: bool,
                   consumers: bool, active: str | None) -> None:
     """Show each topic's messages, consumers and largest consumer lag."""

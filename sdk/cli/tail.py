@@ -13,8 +13,7 @@ import click
 from sdk.cli.options import (
     CONTEXT,
     checked,
-    client_options,
-    handle_errors,
+    client_command,
     make_client,
     on_sigterm_raise_interrupt,
     topic_argument,
@@ -73,9 +72,7 @@ reads by offset, and removes the registration when it exits (Ctrl-C or SIGTERM t
                    '"message"}.')
 @click.option("--wait", type=click.FloatRange(0.1, 30), default=10.0, show_default=True,
               hidden=True, help="Seconds each long-poll may wait with -f.")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def tail_command(ctx: click.Context, topic: str, follow: bool, from_beginning: bool,
                  since: str | None, count: int, level: str | None, logger: str | None,
                  grep: str | None, as_json: bool, wait: float) -> None:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from sdk.cli.options import CONTEXT, client_options, handle_errors, make_client, table
+from sdk.cli.options import CONTEXT, client_command, make_client, table
 from sdk.client import TokenInfo
 
 TOKENS_EPILOG = """\b
@@ -27,9 +27,7 @@ A scope is a topic glob (* ? [..]) per verb: --produce (register a producer, pro
 
 @click.group("tokens", invoke_without_command=True, epilog=TOKENS_EPILOG,
              context_settings=CONTEXT)
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def tokens_group(ctx: click.Context) -> None:
     """List tokens (with no subcommand), or create or revoke one."""
     if ctx.invoked_subcommand is None:
@@ -44,9 +42,7 @@ def tokens_group(ctx: click.Context) -> None:
 @click.option("--consume", multiple=True, metavar="GLOB",
               help="Topics it may read (repeatable).")
 @click.option("--admin", is_flag=True, help="It may do everything: topics, tokens, any topic.")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def tokens_create(ctx: click.Context, name: str | None, produce: tuple[str, ...],
                   consume: tuple[str, ...], admin: bool) -> None:
     """Create a token and print it (on stdout, alone): it is never shown again."""
@@ -61,9 +57,7 @@ def tokens_create(ctx: click.Context, name: str | None, produce: tuple[str, ...]
 
 @tokens_group.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def tokens_list(ctx: click.Context, as_json: bool) -> None:
     """List the tokens: names, scopes, created, last used (never the tokens themselves)."""
     _list_tokens(ctx, as_json)
@@ -71,9 +65,7 @@ def tokens_list(ctx: click.Context, as_json: bool) -> None:
 
 @tokens_group.command("revoke", context_settings=CONTEXT)
 @click.argument("name")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def tokens_revoke(ctx: click.Context, name: str) -> None:
     """Revoke the token NAME: every broker on the database refuses it within a second."""
     make_client(ctx).revoke_token(name)

@@ -11,8 +11,7 @@ import click
 from sdk.cli.options import (
     CONTEXT,
     CliError,
-    client_options,
-    handle_errors,
+    client_command,
     make_client,
     retention_option,
     table,
@@ -44,9 +43,7 @@ def retention_text(ms: int | None, messages: int | None) -> str:
 
 @click.group("topics", invoke_without_command=True, epilog=TOPICS_EPILOG,
              context_settings=CONTEXT)
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def topics_group(ctx: click.Context) -> None:
     """List topics (with no subcommand), or create, alter, describe and delete one."""
     if ctx.invoked_subcommand is None:
@@ -61,9 +58,7 @@ def _list_topics(ctx: click.Context) -> None:
 
 @topics_group.command("list", context_settings=CONTEXT,
                       epilog="\b\nExample:\n  lq topics list --url http://broker:5000")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def topics_list(ctx: click.Context) -> None:
     """List the topics, one name per line (the same as a bare `lq topics`)."""
     _list_topics(ctx)
@@ -80,9 +75,7 @@ Examples:
 @click.option("--retention-messages", type=click.IntRange(0), metavar="N",
               help="Keep at most the newest N messages (0: no limit).")
 @click.option("--if-not-exists", is_flag=True, help="Succeed quietly if the topic exists.")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def topics_create(ctx: click.Context, topic: str, retention: int | None,
                   retention_messages: int | None, if_not_exists: bool) -> None:
     """Create TOPIC, optionally with a retention of its own."""
@@ -106,9 +99,7 @@ Examples:
 @retention_option("Delete messages older than this (0 or none: no limit by age).")
 @click.option("--retention-messages", type=click.IntRange(0), metavar="N",
               help="Keep at most the newest N messages (0: no limit by count).")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def topics_alter(ctx: click.Context, topic: str, retention: int | None,
                  retention_messages: int | None) -> None:
     """Change TOPIC's retention (an option left out stays as it is)."""
@@ -131,9 +122,7 @@ Examples:
 """)
 @topic_argument
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def topics_delete(ctx: click.Context, topic: str, yes: bool) -> None:
     """Delete TOPIC with its messages and registrations (the name can be reused)."""
     if not yes and not sys.stdin.isatty():
@@ -156,9 +145,7 @@ Examples:
 """)
 @topic_argument
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
-@client_options
-@click.pass_context
-@handle_errors
+@client_command
 def topics_describe(ctx: click.Context, topic: str, as_json: bool) -> None:
     """Show TOPIC's offsets, retention, producers, and consumers with their lag."""
     info = make_client(ctx).describe(topic)
