@@ -19,6 +19,7 @@ hold at most LONG_POLL_SHARE of the threads (wakeups.py), so the rest always ser
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import signal
 import socket
@@ -50,6 +51,10 @@ ERROR_CODES = {400: "bad_request", 403: "forbidden", 408: "timeout", 414: "too_l
                501: "not_implemented"}
 MAX_REASON = 500  # characters of the client's input echoed back (a request line may be 1 MiB)
 HEARTBEAT_DIR = "/dev/shm"  # a memory filesystem, where there is one
+#: Seconds a thread that answered a kept-alive request waits for the connection's next one,
+#: when threads are plentiful: a client sending one request after another is then served
+#: without a trip through the main loop and back (docs/profiles/README.md).
+KEEP_THREAD = 0.002
 
 
 def long_poll_limit(threads: int) -> int:
@@ -254,6 +259,39 @@ class JsonErrorWorker(ThreadWorker):
             del self.lingering[conn]
             self.close_conn(conn)
 
+    def handle(self, conn):
+        """gthread's `handle`, then the connection's next requests on this same thread for as
+        long as each arrives within KEEP_THREAD (see `next_head_soon`)."""
+        keep = super().handle(conn)
+        while keep is True and self.next_head_soon(conn):
+            keep = super().handle(conn)
+        return keep
+
+    def next_head_soon(self, conn) -> bool:
+        """Whether the connection's next request head came whole within KEEP_THREAD; the bytes
+        go to the parser's buffer either way. A part of a head (or one over the bounds) goes
+        back to the main loop with them, which gathers or refuses it as any other."""
+        if not (self.alive and isinstance(conn, Conn) and not self.cfg.is_ssl
+                and self.nr_conns * 2 <= self.cfg.threads
+                and not conn.parser.unreader.buf.getbuffer().nbytes):
+            return False
+        if not _readable(conn.sock, KEEP_THREAD):
+            return False
+        try:
+            data = conn.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        if not data:  # the client left: the main loop finds out and closes
+            return False
+        conn.parser.unreader.unread(data)
+        conn.head, conn.line_end = bytearray(data), -1
+        try:
+            return conn.head_complete(0)
+        except ParseException:  # over a bound: the main loop refuses it
+            return False
+        finally:
+            conn.head = bytearray()
+
     def handle_error(self, req, client, addr, exc) -> None:
         """Let gunicorn log the error and pick the status, then answer JSON. Never raises."""
         seen = StatusLine()
@@ -272,6 +310,12 @@ def _expired(conns: dict[Conn, None], now: float) -> Iterator[Conn]:
     order); the caller removes each before the next."""
     while conns and (conn := next(iter(conns))).deadline <= now:
         yield conn
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(timeout * 1000))
 
 
 def _receive(sock: socket.socket) -> bytes | None:

@@ -225,3 +225,76 @@ def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert done.returncode == 1, lines
     assert len(lines) == 1 and str(port) in lines[0] and "in use" in lines[0], lines
+
+
+class KeptAlive:
+    """One kept-alive connection, read reply by reply (Content-Length framed)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buffer = b""
+
+    def reply(self) -> tuple[int, dict]:
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        return json_reply(head + b"\r\n\r\n" + rest[:length])
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        assert chunk, f"the broker closed the connection; unread: {self.buffer[:300]!r}"
+        return chunk
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_kept_alive_requests_in_every_split_are_answered_in_order(broker: BrokerProcess
+                                                                    ) -> None:
+    """A thread that answered a request reads the connection's next head itself when it comes
+    at once (serving.KEEP_THREAD); a head in pieces, or two requests in one write, must still
+    be answered, in order, whichever of the thread and the main loop reads them."""
+    topic = unique_topic()
+    producer = Api(broker.url).call("POST", "/producer/register", topic=topic)["producer_id"]
+    conn = KeptAlive(broker.port)
+    for n in range(30):
+        body = json.dumps({"topic": topic, "producer_id": producer, "message": f"m{n}"}).encode()
+        request = (b"POST /producer/produce HTTP/1.1\r\nHost: x\r\n"
+                   b"Content-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        if n % 3 == 0:  # whole
+            conn.sock.sendall(request)
+        elif n % 3 == 1:  # a few bytes at a time, a slow client
+            for start in range(0, len(request), 7):
+                conn.sock.sendall(request[start:start + 7])
+                time.sleep(0.001)  # a trickle, not a synchronization
+        else:  # behind a health check in the same write
+            conn.sock.sendall(HEALTHZ + request)
+            assert conn.reply() == (200, {"status": "success"})
+        status, reply = conn.reply()
+        assert (status, reply["status"], reply["offsets"]) == (200, "success", [n, n]), reply
+    conn.sock.close()
+    fetched = Api(broker.url).call("GET", "/topics/tail", topic=topic, max=100)
+    assert [m["message"] for m in fetched["messages"]] == [f"m{n}" for n in range(30)]
+
+
+def test_a_kept_alive_connections_bad_next_head_is_refused_with_json(broker: BrokerProcess
+                                                                     ) -> None:
+    conn = KeptAlive(broker.port)
+    conn.sock.sendall(HEALTHZ)
+    assert conn.reply() == (200, {"status": "success"})
+    conn.sock.sendall(b"GET /healthz?x=" + b"a" * (5 * 1024 * 1024) + b" HTTP/1.1\r\n\r\n")
+    status, body = conn.reply()
+    assert (status, body["error"]) == (414, "too_large"), body
+    conn.sock.close()
+    conn = KeptAlive(broker.port)
+    conn.sock.sendall(HEALTHZ)
+    assert conn.reply() == (200, {"status": "success"})
+    conn.sock.sendall(b"GET /healthz HTTP/1.1\r\nHost")  # and never the rest
+    status, body = conn.reply()
+    assert (status, body["error"]) == (408, "timeout"), body
