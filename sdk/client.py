@@ -202,7 +202,10 @@ class Client:
             ``token`` and ``transport_options`` are then ignored, and :meth:`close` does not
             close it).
         **transport_options: passed to :class:`~sdk.transport.Transport` (``retries``,
-            ``connect_timeout``, ``read_timeout``, ``backoff``, ...).
+            ``connect_timeout``, ``read_timeout``, ``backoff``, ``compress``, ...). By default
+            (``compress=None``) replies come compressed, except from a broker on a loopback
+            address (``localhost``, 127.0.0.0/8, ``::1``), where compressing costs more CPU
+            than the bytes save; ``compress=True`` or ``False`` decides for every broker.
     """
 
     def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, *, token: str | None = None,

@@ -9,7 +9,7 @@ connection. Everything those libraries did for the SDK is here in a few lines: a
 kept-alive connections per url (LIFO, so the warmest is reused), TCP_NODELAY (http.client
 sets it on connect), a connect timeout and a read timeout, TLS with the system's CAs, a CA
 file or directory, or no check, proxies from the environment when asked, and compressed
-replies (gzip, deflate).
+replies (zstd when the ``zstandard`` package is importable, gzip, deflate).
 
 A pooled connection the broker closed while it sat idle (gunicorn closes kept-alive
 connections after a few seconds) is noticed before it is used, as readable-at-EOF, and
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import ipaddress
 import os
 import select
 import ssl
@@ -27,10 +28,15 @@ import threading
 import urllib.request
 import zlib
 from collections.abc import Mapping
+from functools import cache
+from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
-#: What the client inflates, for ``Accept-Encoding`` (what ``requests`` asked for before).
+#: What the client inflates without the ``zstandard`` package, for ``Accept-Encoding``.
 ACCEPT_ENCODING = "gzip, deflate"
+#: The same with it: a fetch of 1,000 log records compresses in about 200 µs with zstd and
+#: 635 µs with gzip on the broker, and inflates in 50 µs against 200 here.
+ACCEPT_ENCODING_ZSTD = "zstd, gzip, deflate"
 #: CA bundles named by the environment, read when ``trust_env`` is on (as ``requests`` does).
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
@@ -91,6 +97,8 @@ class Route:
         self._absolute = url if self._proxy is not None and not self._https else ""
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        #: The broker is on this machine, reached directly (no proxy in between).
+        self.loopback = self._proxy is None and is_loopback(self._host)
 
     def send(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str],
              timeouts: Timeouts) -> tuple[int, bytes]:
@@ -160,6 +168,33 @@ class Route:
         return conn
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` (and its subdomains, RFC 6761),
+    127.0.0.0/8 or ::1. A name that would need a DNS lookup is not taken as one."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def accept_encoding() -> str:
+    """What to ask compressed replies in: zstd first when it can be inflated here."""
+    return ACCEPT_ENCODING_ZSTD if _zstandard() is not None else ACCEPT_ENCODING
+
+
+@cache
+def _zstandard() -> Any:
+    """The ``zstandard`` module, or None without it (the ``zstd`` extra); imported once."""
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard
+
+
 def _readable(sock: object) -> bool:
     """Whether an idle connection has something to read: the broker closed it (EOF)."""
     if hasattr(select, "poll"):
@@ -202,6 +237,15 @@ def _proxy_for(parts: SplitResult) -> tuple[tuple[str, int] | None, dict[str, st
 
 def _inflate(data: bytes, encoding: str) -> bytes:
     coding = encoding.strip().lower()
+    if coding == "zstd" and _zstandard() is not None:
+        inflater = _zstandard().ZstdDecompressor().decompressobj()  # takes a frame of any kind
+        try:
+            out = inflater.decompress(data)
+        except _zstandard().ZstdError as exc:
+            raise zlib.error(f"invalid zstd data: {exc}") from None
+        if not inflater.eof:
+            raise zlib.error("truncated zstd data")
+        return out
     if coding in ("gzip", "x-gzip"):
         return zlib.decompress(data, 16 + zlib.MAX_WBITS)
     if coding == "deflate":

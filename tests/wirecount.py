@@ -10,23 +10,24 @@ from collections.abc import Callable
 
 
 class CountingProxy:
-    """Listens on 127.0.0.1 (``url``) and forwards each connection to ``upstream``.
+    """Listens on ``host`` (``url``; 127.0.0.1 unless told) and forwards each connection to
+    ``upstream``.
 
     ``sent`` counts client-to-broker bytes, ``received`` broker-to-client bytes; with
     ``keep``, ``upstream_bytes`` and ``downstream_bytes`` hold them too (to read headers).
     """
 
-    def __init__(self, upstream: str, *, keep: bool = False) -> None:
-        host, port = upstream.removeprefix("http://").rsplit(":", 1)
-        self.target = (host, int(port))
+    def __init__(self, upstream: str, *, keep: bool = False, host: str = "127.0.0.1") -> None:
+        target, port = upstream.removeprefix("http://").rsplit(":", 1)
+        self.target = (target, int(port))
         self.keep = keep
         self.sent = 0
         self.received = 0
         self.upstream_bytes = bytearray()
         self.downstream_bytes = bytearray()
         self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._server = socket.create_server((host, 0))
+        self.url = f"http://{host}:{self._server.getsockname()[1]}"
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
-from ..errors import BadRequest
 from ..wakeups import Wakeups
 from . import queries as q
 from . import reads
-from .caches import Caches, RegistrationGone, remember, retry_stale_topic
+from .caches import Caches, remember, retry_stale_topic
 from .database import Database
 from .driver import NameTaken, driver_cursor
+from .positions import position_sql
 from .records import Batch, now_us
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class Consumers:
         self.recheck_interval = recheck_interval
         self.ttl_ms = ttl_ms
         self._touched: dict[int, float] = {}
+        self._positions = position_sql(db)  # fetch's read and commit's move (positions.py)
 
     # --- registrations -----------------------------------------------------------------------
     @retry_stale_topic
@@ -134,10 +135,9 @@ class Consumers:
 
         def read() -> Batch:
             nonlocal position
-            with self.db.transaction() as conn, driver_cursor(conn) as cursor:
-                position = reads.registration(cursor, consumer_id)
-                start = position if offset is None else offset
-                found = self.db.dialect.page(cursor, topic_id, start, limit, max_bytes)
+            position, found = self._positions.read(topic_id, consumer_id, offset, limit,
+                                                   max_bytes)
+            start = position if offset is None else offset
             return Batch(found, found[0][0] - start if found else 0)
 
         batch = self.wait_for(topic_id, consumer_id, wait, read)
@@ -145,22 +145,10 @@ class Consumers:
 
     @retry_stale_topic
     def commit(self, topic: str, consumer_id: int, offset: int) -> int:
-        """Move the position forward to `offset` (the next to read); never backward. Two
-        statements: a look at the registration (locked), and the move when it is one."""
+        """Move the position forward to `offset` (the next to read); never backward. One
+        statement on PostgreSQL, a write transaction on SQLite (positions.py)."""
         self.check(topic, consumer_id)
-        with self.db.transaction(write=True) as conn, driver_cursor(conn) as cursor:
-            row = cursor.execute(self.db.dialect.lock_commit, {"id": consumer_id}).fetchone()
-            if row is None:  # unregistered, or the topic deleted (then retried: caches.py)
-                raise RegistrationGone("consumer", consumer_id)
-            position, end, leased = row
-            if offset > end:
-                raise BadRequest(f"offset {offset} is past the end of the topic ({end})")
-            if leased:
-                raise reads.refusal(consumer_id)
-            if offset > position:
-                cursor.execute(q.SET_CONSUMER_POSITION, {"position": offset, "id": consumer_id})
-                position = offset
-        return position
+        return self._positions.commit(consumer_id, offset)
 
     @retry_stale_topic
     def size(self, topic: str, consumer_id: int) -> int:

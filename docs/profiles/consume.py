@@ -63,10 +63,16 @@ def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[
             "offset": reply["messages"][-1]["offset"] + 1})
 
     consumer = client.consumer([topic])
+    zipped = Client(url, compress=True)  # a loopback broker's replies come plain by default
+    zipped_consumer = zipped.consumer([topic])
 
     def sdk_step() -> None:
         batch, _pos = consumer.fetch(topic, max=1000)
         consumer.commit(topic, batch[-1].offset + 1)
+
+    def zipped_step() -> None:
+        batch, _pos = zipped_consumer.fetch(topic, max=1000)
+        zipped_consumer.commit(topic, batch[-1].offset + 1)
 
     layers = [
         Layer("Store.fetch + Store.commit in-process (no Flask, no HTTP)", in_store, batches),
@@ -76,12 +82,16 @@ def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[
               http_consume_step(url, session, topic, False), batches, pid),
         Layer("HTTP requests: GET fetch + json.loads + POST commit",
               http_consume_step(url, session, topic, True), batches, pid),
-        Layer("SDK: Consumer.fetch + Consumer.commit", sdk_step, batches, pid),
+        Layer("SDK: Consumer.fetch + Consumer.commit (loopback: replies plain)", sdk_step,
+              batches, pid),
+        Layer("SDK: the same with compress=True (zstd replies when zstandard is importable)",
+              zipped_step, batches, pid),
     ]
     try:
         return run_layers(layers)
     finally:
         client.close()
+        zipped.close()
 
 
 def raw_consume_layer(db: str, batches: int) -> list[tuple[str, Sample]]:
