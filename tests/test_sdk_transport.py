@@ -107,9 +107,13 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The shared log of requests (by server name) and backoff pauses (``"pause"``)."""
     log: list[str] = []
     real_sleep = time.sleep
+    test_thread = threading.current_thread()
 
     def sleep(seconds: float) -> None:  # observed, then really slept
-        log.append("pause")
+        # Only the test's own (the transport's backoff runs in the caller's thread): threads
+        # an earlier module left in this worker process sleep through the same function.
+        if threading.current_thread() is test_thread:
+            log.append("pause")
         real_sleep(seconds)
 
     monkeypatch.setattr(time, "sleep", sleep)
