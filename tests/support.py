@@ -250,3 +250,18 @@ def private_logger(name: str) -> Iterator[logging.Logger]:
 def messages(records: list[dict[str, Any]], prefix: str) -> list[str]:
     """The messages of ``records`` that start with ``prefix``, in order."""
     return [r["message"] for r in records if r["message"].startswith(prefix)]
+
+
+def plan_nodes(conn: Any, statement: str, params: dict) -> list[dict]:
+    """Every node of `statement`'s plan as EXPLAIN ANALYZE ran it (PostgreSQL; `conn` a
+    SQLAlchemy connection)."""
+    from sqlalchemy import text
+
+    plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + statement), params).scalar()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    found, todo = [], [plan[0]["Plan"]]
+    while todo:
+        node = todo.pop()
+        todo.extend(node.get("Plans", []))
+        found.append(node)
+    return found

@@ -5,11 +5,11 @@ rows than the page, statistics or not."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import create_engine
+from support import plan_nodes
 
 from broker.app import database_url
 from broker.errors import BadRequest, Leased
@@ -135,17 +135,6 @@ def test_the_pooled_connections_go_back_as_the_pool_hands_them_out(store: Store)
     finally:
         for conn in conns:
             conn.close()
-
-
-def plan_nodes(conn: Connection, statement: str, params: dict) -> list[dict]:
-    plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + statement), params).scalar()
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    found, todo = [], [plan[0]["Plan"]]
-    while todo:
-        node = todo.pop()
-        todo.extend(node.get("Plans", []))
-        found.append(node)
-    return found
 
 
 @pytest.mark.parametrize("max_bytes", [8 * 1024 * 1024, 2_000])

@@ -5,11 +5,11 @@ returns."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Connection, create_engine, text
+from support import plan_nodes
 
 from broker.app import database_url
 from broker.store import AppendRequest, Store, configure_engine, create_schema
@@ -41,15 +41,8 @@ def long_topic(db_url: str) -> Iterator[tuple[Store, int, int]]:
 
 def pg_scans(conn: Connection, statement: str, params: dict) -> list[dict]:
     """The plan nodes that read lq_messages, as EXPLAIN ANALYZE ran them (then rolled back)."""
-    plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + statement), params).scalar()
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    found, todo = [], [plan[0]["Plan"]]
-    while todo:
-        node = todo.pop()
-        todo.extend(node.get("Plans", []))
-        if node.get("Relation Name") == "lq_messages":
-            found.append(node)
-    return found
+    return [node for node in plan_nodes(conn, statement, params)
+            if node.get("Relation Name") == "lq_messages"]
 
 
 def test_the_consume_statement_reads_only_from_the_position(long_topic) -> None:
