@@ -169,6 +169,18 @@ def test_out_of_range_ids(api: Api, ctx: Ctx, method: str, path: str, field: str
     assert_untouched(api, ctx)
 
 
+@pytest.mark.parametrize("value", [2**64, 10**30, -(2**63) - 1])
+def test_an_integer_past_64_bits_is_refused_for_its_range(api: Api, ctx: Ctx, value: int
+                                                          ) -> None:
+    """Read as the integer it is (orjson makes such numbers floats: the reply then said "must
+    be an integer" of an integer)."""
+    fields = {"topic": ctx.topic, "producer_id": value, "message": "m"}
+    body = api.fail("POST", "/producer/produce", fields, 400, "bad_request")
+    expected = "greater than" if value < 0 else "less than"
+    assert expected in body["message"] and "must be an integer" not in body["message"], body
+    assert_untouched(api, ctx)
+
+
 @pytest.mark.parametrize("messages", [[], "not-a-list", [1, 2], ["ok", None], {"a": "b"}],
                          ids=["empty", "string", "ints", "null-item", "object"])
 def test_bad_batch(api: Api, ctx: Ctx, messages: Any) -> None:
