@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lq_logging.pipeline import Pipeline, PipelineFailed
-from lq_logging.sinks import Entry, Interrupted
-from lq_logging.worker import TopicWorker
+from lq_logging.sinks import Interrupted
+from lq_logging.worker import TopicWorker, decode_entries
 from sdk import Consumer, LogQueueError
 from sdk.exceptions import LeaseLost
 from sdk.leases import Lease, LeaseKeeper
@@ -124,7 +124,7 @@ class LeaseWorker(TopicWorker):
     def _work(self, lease: Lease) -> None:
         """Deliver the lease's records (or dead-letter them); the ack follows. A batch that
         could not be written is released."""
-        entries = [Entry.decode(self.topic, m.offset, m.value, m.ts) for m in lease.messages]
+        entries = decode_entries(self.topic, lease.messages)
         self.keeper.hold(lease)
         try:
             if lease.deliveries > self.max_deliveries:
