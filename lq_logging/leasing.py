@@ -72,7 +72,7 @@ class LeaseWorker(TopicWorker):
                     if self.until_empty and self._drained():
                         return
                     continue
-                if not self._enter_busy():
+                if not self._busy and not self._enter_busy():
                     return  # the lease is released below
                 current, lease = lease, None
                 self._work(current)
@@ -83,7 +83,10 @@ class LeaseWorker(TopicWorker):
                     if self.gate.stopping:
                         self._release(lease)
                         lease = None
-                self._leave_busy()
+                if lease is None:
+                    # Idle until the next lease. With the next one in hand the worker stays
+                    # busy: no leave and enter per batch, each waking the main thread.
+                    self._leave_busy()
         finally:
             self.keeper.close()
             self._release(lease)

@@ -328,8 +328,15 @@ class Consumer:
 
 
 def _holder() -> str:
-    """Who holds a lease, as /stats shows it: this host and process."""
-    return f"{socket.gethostname()}:{os.getpid()}"[:200]
+    """Who holds a lease, as /stats shows it: this host and process (asked of the system once
+    per process: two system calls per lease otherwise)."""
+    if not _HOLDER:
+        _HOLDER.append(f"{socket.gethostname()}:{os.getpid()}"[:200])
+    return _HOLDER[0]
+
+
+_HOLDER: list[str] = []  # [holder], emptied in a forked child
+os.register_at_fork(after_in_child=_HOLDER.clear)
 
 
 __all__ = ["Consumer"]
