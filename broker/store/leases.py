@@ -59,7 +59,7 @@ class Leases:
 
         def attempt() -> LeasedBatch:
             nonlocal pending
-            found = self._hand_out(topic, grant, pending)
+            found = self._hand_out(grant, pending)
             pending = None  # acked (committed) by the first attempt
             return found
 
@@ -111,7 +111,7 @@ class Leases:
                                          "now": now_us()})
 
     # --- hand-outs -----------------------------------------------------------------------------
-    def _hand_out(self, topic: str, grant: _Grant, ack: int | None = None) -> LeasedBatch:
+    def _hand_out(self, grant: _Grant, ack: int | None = None) -> LeasedBatch:
         """One write transaction on the driver's cursor (a hand-out is the hot path of a group:
         SQLAlchemy's statement machinery cost more than the statements): the locked look at
         the registration, the ack, an expired lease when one is due, else the next range."""
