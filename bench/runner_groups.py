@@ -6,7 +6,10 @@ sharing one name, and the lease round trip against fetch + commit.
    its last; and into the PostgreSQL SQL sink (one table per run), timed by polling the
    table. The runners start on an empty topic and are all ready before the records are
    produced, in appends of 5,000 (so production is never what the runners wait on). Rounds
-   run the rows in turn forwards and backwards; each ratio is taken within its round.
+   run the rows in turn forwards and backwards; each ratio is taken within its round. Each
+   row also gives the CPU per batch of 100 records (/proc, from the runners' readiness to the
+   last record) of the runners together and of the broker (its appends included): on a
+   machine shared with other work the rates move with the load, the CPU per batch much less.
 2. Round trip, no sink, batch 100, through the SDK: fetch + commit, lease + ack (two
    requests), and a lease request carrying the ack of the previous lease (one request, what
    `lq consume --name` does), interleaved batch by batch in one run so the machine's load
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from harness import LQ, broker
@@ -132,10 +136,19 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
         proc.wait(30)
 
 
+class GroupRun(NamedTuple):
+    """One scaling run: records/s, and the CPU per batch of 100 (ms) of the runners together
+    and of the broker (its appends of the run's records included; PostgreSQL's own not)."""
+
+    rate: float
+    runners_cpu: float
+    broker_cpu: float
+
+
 def group_rate(url: str, runners: int, records: int, workdir: Path, tag: str,
-               make_record: Record, pg: str | None = None) -> float:
+               make_record: Record, pg: str | None = None) -> GroupRun:
     """records/s of ``runners`` processes sharing one name, into a SlowSink, or with ``pg``
-    into the SQL sink (table ``g_TAG``)."""
+    into the SQL sink (table ``g_TAG``), and the CPU they and the broker spent."""
     topic = f"group-{tag}"
     with Client(url) as client:
         client.create_topic(topic)
@@ -145,6 +158,8 @@ def group_rate(url: str, runners: int, records: int, workdir: Path, tag: str,
     else:
         sink = f"[[pipeline.sink]]\nspec = {json.dumps(f'sql:{pg}')}\ntable = \"g_{tag}\"\n"
     procs = _start_runners(url, topic, tag, runners, workdir, sink)
+    brokers = _broker_pids(url)
+    spent = (_cpu([proc.pid for proc in procs]), _cpu(brokers))
     try:
         with Client(url) as client:
             producer = client.producer()
@@ -152,14 +167,41 @@ def group_rate(url: str, runners: int, records: int, workdir: Path, tag: str,
                 producer.send_many(topic, [make_record(i) for i in range(start, start + CHUNK)])
         deadline = time.monotonic() + 300
         if slow is None:
-            return TableWatch(str(pg), f"g_{tag}").rate_until(records, deadline)
-        while slow.received() < records and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return slow.rate()
+            rate = TableWatch(str(pg), f"g_{tag}").rate_until(records, deadline)
+        else:
+            while slow.received() < records and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rate = slow.rate()
+        batches = records / 100
+        return GroupRun(rate, (_cpu([proc.pid for proc in procs]) - spent[0]) * 1000 / batches,
+                        (_cpu(brokers) - spent[1]) * 1000 / batches)
     finally:
         _stop(procs)
         if slow is not None:
             slow.close()
+
+
+def _cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes (every thread), from /proc."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pids(url: str) -> list[int]:
+    """The processes of the broker at ``url`` (gunicorn's arbiter and workers): those whose
+    command line has ``--port PORT``."""
+    wanted = f"\0--port\0{url.rsplit(':', 1)[1]}\0".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if wanted in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+    return found
 
 
 def round_trips(url: str, records: int, make_record: Record, batch: int = 100
@@ -205,16 +247,20 @@ def _load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _scaling_table(title: str, rates: dict[int, list[float]]) -> None:
+def _scaling_table(title: str, runs: dict[int, list[GroupRun]]) -> None:
     """Median records/s per row, and the ratio to one runner taken round by round (the rows
-    of one round ran minutes apart at most) with its median and range."""
+    of one round ran minutes apart at most) with its median and range; the median CPU per
+    batch, which the machine's load moves less than the rates."""
     print(f"\n{title}\n")
-    print("| runners | records/s | ratio to one runner | ratio range over the rounds |")
-    print("|---:|---:|---:|---:|")
-    for n, values in rates.items():
-        ratios = [value / one for value, one in zip(values, rates[1], strict=True)]
-        print(f"| {n} | {statistics.median(values):,.0f} | {statistics.median(ratios):.2f} | "
-              f"{min(ratios):.2f}-{max(ratios):.2f} |")
+    print("| runners | records/s | ratio to one runner | ratio range over the rounds | "
+          "CPU ms per batch: runners | broker |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, values in runs.items():
+        ratios = [run.rate / one.rate for run, one in zip(values, runs[1], strict=True)]
+        print(f"| {n} | {statistics.median(run.rate for run in values):,.0f} | "
+              f"{statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} | "
+              f"{statistics.median(run.runners_cpu for run in values):.2f} | "
+              f"{statistics.median(run.broker_cpu for run in values):.2f} |")
 
 
 def groups(url: str, records: int, rounds: int, workdir: Path, make_record: Record,
@@ -222,8 +268,8 @@ def groups(url: str, records: int, rounds: int, workdir: Path, make_record: Reco
     """Every table of this part, the broker at ``url`` on SQLite; the SQL sink and the second
     round-trip broker on the PostgreSQL database ``pg`` when there is one."""
     print(f"\n{_load()} (start)")
-    http: dict[int, list[float]] = {n: [] for n in RUNNERS}
-    sql: dict[int, list[float]] = {n: [] for n in RUNNERS}
+    http: dict[int, list[GroupRun]] = {n: [] for n in RUNNERS}
+    sql: dict[int, list[GroupRun]] = {n: [] for n in RUNNERS}
     for r in range(rounds):
         order = RUNNERS if r % 2 == 0 else RUNNERS[::-1]  # a drifting load weighs on each
         for n in order:
@@ -255,4 +301,4 @@ def groups(url: str, records: int, rounds: int, workdir: Path, make_record: Reco
     print(f"\n{_load()} (end)")
 
 
-__all__ = ["SlowSink", "group_rate", "groups", "round_trips"]
+__all__ = ["GroupRun", "SlowSink", "group_rate", "groups", "round_trips"]

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lq_logging.pipeline import Pipeline, PipelineFailed
-from lq_logging.sinks import Entry, Interrupted
-from lq_logging.worker import TopicWorker
+from lq_logging.sinks import Interrupted
+from lq_logging.worker import TopicWorker, decode_entries
 from sdk import Consumer, LogQueueError
 from sdk.exceptions import LeaseLost
 from sdk.leases import Lease, LeaseKeeper
@@ -72,7 +72,7 @@ class LeaseWorker(TopicWorker):
                     if self.until_empty and self._drained():
                         return
                     continue
-                if not self._enter_busy():
+                if not self._busy and not self._enter_busy():
                     return  # the lease is released below
                 current, lease = lease, None
                 self._work(current)
@@ -83,7 +83,10 @@ class LeaseWorker(TopicWorker):
                     if self.gate.stopping:
                         self._release(lease)
                         lease = None
-                self._leave_busy()
+                if lease is None:
+                    # Idle until the next lease. With the next one in hand the worker stays
+                    # busy: no leave and enter per batch, each waking the main thread.
+                    self._leave_busy()
         finally:
             self.keeper.close()
             self._release(lease)
@@ -124,7 +127,7 @@ class LeaseWorker(TopicWorker):
     def _work(self, lease: Lease) -> None:
         """Deliver the lease's records (or dead-letter them); the ack follows. A batch that
         could not be written is released."""
-        entries = [Entry.decode(self.topic, m.offset, m.value, m.ts) for m in lease.messages]
+        entries = decode_entries(self.topic, lease.messages)
         self.keeper.hold(lease)
         try:
             if lease.deliveries > self.max_deliveries:

@@ -16,9 +16,11 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
+
+import orjson
 
 from lq_logging.gate import Gate
 from lq_logging.pipeline import Pipeline, PipelineFailed
@@ -40,6 +42,11 @@ Fetched = tuple[list[Message], int]
 #: Refusals that mean the topic or the registration no longer exists: retrying cannot help.
 GONE = (UnknownTopic, UnknownId, NotRegistered)
 
+#: Digits enough for an integer orjson would not keep whole (decode_entries): every digit
+#: byte mapped to "0", every other byte to a space.
+_DIGITS_AS_ZERO = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_NINETEEN_DIGITS = b"0" * 19
+
 #: The longest wait between two tries of a broker call, in seconds.
 BACKOFF_MAX = 5.0
 #: While the broker does not answer, one line at most this often (seconds).
@@ -51,6 +58,36 @@ def gone_reason(what: str, exc: Exception) -> str:
     (a delete can land between a fetch and its commit)."""
     return (f"{what}: the topic or this consumer's registration is gone (deleted, or "
             f"expired by --consumer-ttl): {exc}")
+
+
+def decode_entries(topic: str, messages: Sequence[Message]) -> list[Entry]:
+    """A batch's entries, as :meth:`Entry.decode` makes them. A record parses with orjson
+    (3 times faster than json on log records: the batch's decoding was a quarter of a
+    runner's CPU); what orjson refuses (a lone surrogate escape, NaN, not JSON at all) goes
+    through ``Entry.decode``, which parses as json does, and so does a batch with 19 digits
+    in a row somewhere: orjson makes an integer past 64 bits a float, json keeps it whole."""
+    if _long_number([m.value for m in messages]):
+        return [Entry.decode(topic, m.offset, m.value, m.ts) for m in messages]
+    entries = []
+    for m in messages:
+        raw = m.value
+        if raw[:1] == "{":
+            try:
+                record = orjson.loads(raw)
+            except ValueError:  # orjson.JSONDecodeError
+                record = None
+            if record.__class__ is dict:
+                entries.append(Entry(topic, m.offset, record, raw, m.ts))
+                continue
+        entries.append(Entry.decode(topic, m.offset, raw, m.ts))
+    return entries
+
+
+def _long_number(texts: list[str]) -> bool:
+    """Whether 19 digits in a row occur in ``texts`` (bytes.translate and a substring search:
+    a regular expression took longer than the parse it guards)."""
+    joined = "\n".join(texts).encode("utf-8", "surrogatepass")
+    return _NINETEEN_DIGITS in joined.translate(_DIGITS_AS_ZERO)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -252,7 +289,7 @@ class TopicWorker(threading.Thread):
                 next_offset = messages[-1].offset + 1
                 if self.prefetch:
                     ahead = (next_offset, self._prefetch(next_offset))
-                entries = [Entry.decode(self.topic, m.offset, m.value, m.ts) for m in messages]
+                entries = decode_entries(self.topic, messages)
                 self.pipeline.deliver(self.topic, entries)
                 offset = max(next_offset, self._commit(next_offset))
                 self.progress.delivered(len(messages))
@@ -316,7 +353,8 @@ class TopicWorker(threading.Thread):
             return result
 
 
-__all__ = ["BrokerWatch", "Progress", "TopicWorker", "gone_reason", "outage_reason"]
+__all__ = ["BrokerWatch", "Progress", "TopicWorker", "decode_entries", "gone_reason",
+           "outage_reason"]
 
 
 def _create_topic(client: Client, topic: str) -> bool:

@@ -3,6 +3,7 @@ once); see :mod:`sdk.client` for the threading and fork rules."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -148,9 +149,22 @@ class Consumer:
         if ack is not None:
             params["ack"] = ack.id
         body = self._transport.post("/consumer/lease", params, wait=wait)
+        got = Lease.from_reply(topic, body)
         if ack is not None and body.get("acked") != ack.id:
-            self.ack(ack)  # a broker that ignored `ack` (extra fields are ignored)
-        return Lease.from_reply(topic, body)
+            self._ack_apart(ack, got)  # an older broker ignores `ack` (as any extra field)
+        return got
+
+    def _ack_apart(self, ack: Lease, got: Lease | None) -> None:
+        """Ack ``ack`` in a request of its own, after a lease request whose broker ignored the
+        field. When that fails, the lease just handed out (``got``) is released, so a
+        failing :meth:`lease` still hands out nothing."""
+        try:
+            self.ack(ack)
+        except BaseException:
+            if got is not None:
+                with contextlib.suppress(LogQueueError):
+                    self.release(got)
+            raise
 
     def ack(self, lease: Lease) -> int:
         """The lease's messages are done; return the consumer's position.
@@ -181,9 +195,10 @@ class Consumer:
 
         A named consumer takes leases, so processes sharing its name share the work: each
         batch is a lease, extended in the background while the loop works on it and acked
-        when the loop asks for the next message after it. Closed early, the stream acks a
-        lease the loop had finished and releases one it had not (redelivered whole). Order
-        holds within a batch, not across processes.
+        when the loop asks for the next message after it, by the request for the next lease
+        (one request per batch). Closed early, the stream acks a lease the loop had finished
+        and releases one it had not (redelivered whole). Order holds within a batch, not
+        across processes.
 
         Fetches up to ``batch`` messages (long-polling up to ``wait`` seconds), yields them,
         and commits after the last one when the loop asks for the next message. When the
@@ -206,32 +221,52 @@ class Consumer:
 
     def _stream_leases(self, topic: str, batch: int, wait: float, until_empty: bool,
                        lease_ms: int) -> Iterator[Message]:
+        """One request per batch: the lease the loop has finished is acked by the request for
+        the next one (the broker acks it in the hand-out's transaction; a broker that ignores
+        the field gets an ack of its own, :meth:`lease`). Until that request returns, the
+        keeper goes on extending the finished lease."""
         keeper = LeaseKeeper(self, lease_ms)
-        lease: Lease | None = None
-        finished = False
+        lease: Lease | None = None  # in the loop's hands
+        done: Lease | None = None  # finished by the loop, not acked yet
         try:
             while True:
-                lease = self.lease(topic, max=batch, wait=wait, lease_ms=keeper.lease_ms)
+                lease = self._next_lease(topic, batch, wait, keeper, done)
+                done = None
                 if lease is None:
                     if until_empty:
                         return
                     continue
-                finished = False
                 keeper.hold(lease)
                 yield from lease.messages
-                finished = True
-                self._settle(keeper, lease, finished)
-                lease = None
+                done, lease = lease, None  # the loop asked for the message after the last
         finally:
             keeper.close()
+            quiet = sys.exc_info()[1]
             if lease is not None:
-                self._settle(keeper, lease, finished, quiet=sys.exc_info()[1])
+                self._settle(keeper, lease, False, quiet)
+            if done is not None:
+                self._settle(keeper, done, True, quiet)
+
+    def _next_lease(self, topic: str, batch: int, wait: float, keeper: LeaseKeeper,
+                    done: Lease | None) -> Lease | None:
+        """The next lease, acking ``done`` in the same request. A lost ``done`` is someone
+        else's now (its messages are delivered again): the lease is asked for without it."""
+        ask = {"max": batch, "wait": wait, "lease_ms": keeper.lease_ms}
+        if done is None:
+            return self.lease(topic, **ask)
+        try:
+            lease = self.lease(topic, ack=done, **ask)
+        except LeaseLost:
+            keeper.drop(done)
+            return self.lease(topic, **ask)
+        keeper.drop(done)
+        return lease
 
     def _settle(self, keeper: LeaseKeeper, lease: Lease, finished: bool,
                 quiet: BaseException | None = None) -> None:
-        """Ack a finished lease, release another. A lost lease is someone else's now (its
-        messages are delivered again); while another error stops the stream, a failure
-        here is not raised over it."""
+        """Ack a finished lease, release another (closing the stream). A lost lease is someone
+        else's now (its messages are delivered again); while another error stops the stream,
+        a failure here is not raised over it."""
         keeper.drop(lease)
         try:
             if finished:
@@ -293,8 +328,15 @@ class Consumer:
 
 
 def _holder() -> str:
-    """Who holds a lease, as /stats shows it: this host and process."""
-    return f"{socket.gethostname()}:{os.getpid()}"[:200]
+    """Who holds a lease, as /stats shows it: this host and process (asked of the system once
+    per process: two system calls per lease otherwise)."""
+    if not _HOLDER:
+        _HOLDER.append(f"{socket.gethostname()}:{os.getpid()}"[:200])
+    return _HOLDER[0]
+
+
+_HOLDER: list[str] = []  # [holder], emptied in a forked child
+os.register_at_fork(after_in_child=_HOLDER.clear)
 
 
 __all__ = ["Consumer"]

@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
-
 from ..errors import LeaseLost
 from . import queries as q
 from . import reads
 from .caches import Caches, RegistrationGone, remember, retry_stale_topic
 from .consumers import Consumers
 from .database import ID_ATTEMPTS, Database
+from .driver import DriverCursor, driver_cursor
 from .records import LeasedBatch, LeaseInfo, new_id, now_us
 
 NOTHING = LeasedBatch(None, [])
@@ -60,7 +59,7 @@ class Leases:
 
         def attempt() -> LeasedBatch:
             nonlocal pending
-            found = self._hand_out(topic, grant, pending)
+            found = self._hand_out(grant, pending)
             pending = None  # acked (committed) by the first attempt
             return found
 
@@ -112,76 +111,78 @@ class Leases:
                                          "now": now_us()})
 
     # --- hand-outs -----------------------------------------------------------------------------
-    def _hand_out(self, topic: str, grant: _Grant, ack: int | None = None) -> LeasedBatch:
+    def _hand_out(self, grant: _Grant, ack: int | None = None) -> LeasedBatch:
+        """One write transaction on the driver's cursor (a hand-out is the hot path of a group:
+        SQLAlchemy's statement machinery cost more than the statements): the locked look at
+        the registration, the ack, an expired lease when one is due, else the next range."""
         if ack is None and not self._may_find_work(grant.consumer_id):
             return NOTHING  # the common idle poll: no write lock taken
-        with self.db.transaction(write=True) as conn:
-            cursor = conn.execute(self.db.dialect.lock_consumer,
-                                  {"id": grant.consumer_id}).scalar()
-            if cursor is None:
+        with self.db.transaction(write=True) as conn, driver_cursor(conn) as cursor:
+            row = cursor.execute(self.db.dialect.lock_consumer,
+                                 {"id": grant.consumer_id}).fetchone()
+            if row is None:  # unregistered, or the topic deleted (then retried: caches.py)
                 raise RegistrationGone("consumer", grant.consumer_id)
-            if ack is not None and not conn.execute(
+            position, kept, next_offset, soonest = row
+            if ack is not None and not cursor.execute(
                     q.ACK_LEASE, {"lease": ack, "consumer": grant.consumer_id}).rowcount:
                 raise _lost(ack)
-            bounds = conn.execute(q.SELECT_TOPIC_BOUNDS, {"topic": grant.topic_id}).first()
-            if bounds is None:
-                self.caches.topic_gone(topic)
-            kept, next_offset = bounds
-            skipped, found = self._redeliver(conn, grant, kept)
-            if found is not None:
-                return LeasedBatch(found.lease, found.messages, skipped)
-            start = max(cursor, kept)
+            skipped = 0
+            now = now_us()
+            if soonest is not None and soonest <= now:
+                skipped, found = self._redeliver(cursor, grant, kept, now)
+                if found is not None:
+                    return LeasedBatch(found.lease, found.messages, skipped)
+            start = max(position, kept)
             if start >= next_offset:
                 return LeasedBatch(None, [], skipped)
-            messages = reads.messages(self.db.dialect, conn, grant.topic_id, start, grant.limit,
-                                      grant.max_bytes)
+            messages = self.db.dialect.page(cursor, grant.topic_id, start, grant.limit,
+                                            grant.max_bytes)
             if not messages:
                 return LeasedBatch(None, [], skipped)
-            conn.execute(q.SET_CONSUMER_POSITION,
-                         {"position": messages[-1].offset + 1, "id": grant.consumer_id})
-            lease = self._insert(conn, grant, messages[0].offset, messages[-1].offset, 1)
-            return LeasedBatch(lease, messages, skipped + messages[0].offset - cursor)
+            first, last = messages[0][0], messages[-1][0]
+            cursor.execute(q.SET_CONSUMER_POSITION, {"position": last + 1,
+                                                     "id": grant.consumer_id})
+            lease = self._insert(cursor, grant, first, last, 1, now)
+            return LeasedBatch(lease, messages, skipped + first - position)
 
     def _may_find_work(self, consumer_id: int) -> bool:
         """Whether the cursor is behind the topic's end or a lease has expired."""
-        with self.db.transaction() as conn:
-            row = conn.execute(q.SELECT_LEASE_WORK, {"id": consumer_id}).first()
+        with self.db.transaction() as conn, driver_cursor(conn) as cursor:
+            row = cursor.execute(q.SELECT_LEASE_WORK, {"id": consumer_id}).fetchone()
         if row is None:
             raise RegistrationGone("consumer", consumer_id)
-        cursor, next_offset, soonest = row
-        return cursor < next_offset or (soonest is not None and soonest <= now_us())
+        cursor_at, next_offset, soonest = row
+        return cursor_at < next_offset or (soonest is not None and soonest <= now_us())
 
-    def _redeliver(self, conn: Connection, grant: _Grant,
-                   kept: int) -> tuple[int, LeasedBatch | None]:
+    def _redeliver(self, cursor: DriverCursor, grant: _Grant, kept: int,
+                   now: int) -> tuple[int, LeasedBatch | None]:
         """The oldest expired lease again, under a new id with `deliveries` + 1; a range that
         retention pruned whole is dropped and counted as skipped. (skipped, the lease)."""
         skipped = 0
-        now = now_us()
         params = {"consumer": grant.consumer_id, "now": now}
-        while (row := conn.execute(q.SELECT_EXPIRED_LEASE, params).first()) is not None:
+        while (row := cursor.execute(q.SELECT_EXPIRED_LEASE, params).fetchone()) is not None:
             old_id, first, last, deliveries = row
-            if not conn.execute(q.TAKE_EXPIRED_LEASE, {"lease": old_id, "now": now}).rowcount:
+            if not cursor.execute(q.TAKE_EXPIRED_LEASE, {"lease": old_id, "now": now}).rowcount:
                 continue  # acked or extended by its holder meanwhile (another process)
             start = max(first, kept)
             skipped += start - first if start <= last else last - first + 1
             if start > last:
                 continue
-            messages = reads.messages(self.db.dialect, conn, grant.topic_id, start,
-                                      last - start + 1)
-            lease = self._insert(conn, grant, start, last, deliveries + 1)
+            messages = self.db.dialect.page(cursor, grant.topic_id, start, last - start + 1)
+            lease = self._insert(cursor, grant, start, last, deliveries + 1, now)
             return skipped, LeasedBatch(lease, messages)
         return skipped, None
 
-    def _insert(self, conn: Connection, grant: _Grant, first: int, last: int,
-                deliveries: int) -> LeaseInfo:
+    def _insert(self, cursor: DriverCursor, grant: _Grant, first: int, last: int,
+                deliveries: int, now: int) -> LeaseInfo:
         """The lease row, under a new random id (a taken one inserts nothing: another)."""
-        expires = now_us() + grant.lease_ms * 1000
+        expires = now + grant.lease_ms * 1000
         params = {"consumer": grant.consumer_id, "topic": grant.topic_id, "first": first,
                   "last": last, "expires": expires, "deliveries": deliveries,
-                  "holder": grant.holder, "now": now_us()}
+                  "holder": grant.holder, "now": now}
         for _ in range(ID_ATTEMPTS):
-            lease_id = new_id()
-            if conn.execute(q.INSERT_LEASE, {**params, "id": lease_id}).rowcount:
+            params["id"] = lease_id = new_id()
+            if cursor.execute(q.INSERT_LEASE, params).rowcount:
                 return LeaseInfo(lease_id, first, last, expires, deliveries)
         raise RuntimeError("could not find a free random id")
 

@@ -194,9 +194,13 @@ COMMIT_PG = text(
     "SELECT position, next_offset, leased, (SELECT position FROM moved) FROM look")
 
 # --- leases (consumer groups) ------------------------------------------------------------------
-LOCK_CONSUMER_PG = text("SELECT position FROM lq_consumers WHERE id = :id FOR UPDATE")
-LOCK_CONSUMER_SQLITE = text(  # the write transaction's BEGIN IMMEDIATE is the lock
-    "SELECT position FROM lq_consumers WHERE id = :id")
+# A hand-out's one look at the registration, locked: its dispatch cursor, the topic's bounds,
+# and when its soonest lease expires (the expired ones are looked for only when one is due).
+_LEASE_LOOK = ("SELECT c.position, t.first_offset, t.next_offset, "
+               "       (SELECT MIN(l.expires_us) FROM lq_leases l WHERE l.consumer_id = c.id) "
+               "FROM lq_consumers c JOIN lq_topics t ON t.id = c.topic_id WHERE c.id = :id")
+LOCK_CONSUMER_PG = text(_LEASE_LOOK + " FOR UPDATE OF c")
+LOCK_CONSUMER_SQLITE = text(_LEASE_LOOK)  # the write transaction's BEGIN IMMEDIATE is the lock
 # Whether a hand-out may find work, read without a write lock: the dispatch cursor, the
 # topic's end, and when the soonest lease expires.
 SELECT_LEASE_WORK = text(

@@ -79,7 +79,7 @@ class LeasedBatch:
     """A lease and its messages, or no lease (and no messages) when there was no work."""
 
     lease: LeaseInfo | None
-    messages: list[Message]
+    messages: list[Row]  # (offset, body, ts_us)
     skipped: int = 0  # messages of the range (or before it) pruned by retention
 
 
