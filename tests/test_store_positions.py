@@ -137,6 +137,31 @@ def test_the_pooled_connections_go_back_as_the_pool_hands_them_out(store: Store)
             conn.close()
 
 
+def test_fetch_and_commit_are_planned_once_per_connection_and_survive_a_session_reset(
+        store: Store) -> None:
+    """On PostgreSQL both run as server-side prepared statements; a connection whose prepared
+    statements were dropped (DEALLOCATE ALL, as DISCARD ALL does) prepares them again."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite caches its statements itself")
+    cid = store.consumers.register("pos")
+    for _ in range(3):
+        assert pairs(store.consumers.fetch("pos", cid, 5)[0].messages) == expected(0, 5, None)
+    conns = [store.db.engine.connect() for _ in range(store.db.engine.pool.checkedin())]
+    try:  # every idle connection of the pool: the fetches used some of them
+        prepared = [text for conn in conns for text in conn.exec_driver_sql(
+            "SELECT statement FROM pg_prepared_statements").scalars()]
+        assert any("lq_messages" in text for text in prepared), prepared
+        for conn in conns:
+            conn.exec_driver_sql("DEALLOCATE ALL")
+            conn.commit()
+    finally:
+        for conn in conns:
+            conn.close()
+    assert pairs(store.consumers.fetch("pos", cid, 5)[0].messages) == expected(0, 5, None)
+    assert store.consumers.commit("pos", cid, 4) == 4
+    assert pairs(store.consumers.fetch("pos", cid, 2)[0].messages) == expected(4, 2, None)
+
+
 @pytest.mark.parametrize("max_bytes", [8 * 1024 * 1024, 2_000])
 def test_the_fetch_statement_reads_the_page_only(store: Store, max_bytes: int) -> None:
     """Without statistics (never ANALYZEd) too: the messages read are those of the page, and

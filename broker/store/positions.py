@@ -76,7 +76,7 @@ class PgPositionSql(PositionSql):
         params = {"id": consumer_id, "topic": topic_id, "offset": offset, "limit": limit,
                   "max_bytes": reads.UNBOUNDED if max_bytes is None else max_bytes}
         with self._cursor(write=False) as cursor:
-            rows = cursor.execute(q.FETCH_PG, params).fetchall()
+            rows = cursor.execute_prepared(q.FETCH_PG, params).fetchall()
         if rows and rows[0][0] is not None:  # not seen: the header is the first branch
             rows.sort(key=lambda row: -1 if row[0] is None else row[0])
         if not rows or rows[0][0] is not None:
@@ -89,7 +89,8 @@ class PgPositionSql(PositionSql):
 
     def commit(self, consumer_id: int, offset: int) -> int:
         with self._cursor(write=True) as cursor:
-            row = cursor.execute(q.COMMIT_PG, {"id": consumer_id, "offset": offset}).fetchone()
+            row = cursor.execute_prepared(q.COMMIT_PG, {"id": consumer_id,
+                                                          "offset": offset}).fetchone()
         _checked_commit(consumer_id, offset, row)
         return row[0] if row[3] is None else row[3]  # the position, or where it moved to
 
