@@ -137,29 +137,45 @@ def test_the_pooled_connections_go_back_as_the_pool_hands_them_out(store: Store)
             conn.close()
 
 
-def test_fetch_and_commit_are_planned_once_per_connection_and_survive_a_session_reset(
-        store: Store) -> None:
-    """On PostgreSQL both run as server-side prepared statements; a connection whose prepared
-    statements were dropped (DEALLOCATE ALL, as DISCARD ALL does) prepares them again."""
-    if store.dialect != "postgresql":
-        pytest.skip("SQLite caches its statements itself")
-    cid = store.consumers.register("pos")
-    for _ in range(3):
-        assert pairs(store.consumers.fetch("pos", cid, 5)[0].messages) == expected(0, 5, None)
+def deallocate_everywhere(store: Store) -> list[str]:
+    """DEALLOCATE ALL on every idle connection of the pool (as a session reset would); the
+    prepared statements they held."""
     conns = [store.db.engine.connect() for _ in range(store.db.engine.pool.checkedin())]
-    try:  # every idle connection of the pool: the fetches used some of them
-        prepared = [text for conn in conns for text in conn.exec_driver_sql(
+    try:
+        held = [text for conn in conns for text in conn.exec_driver_sql(
             "SELECT statement FROM pg_prepared_statements").scalars()]
-        assert any("lq_messages" in text for text in prepared), prepared
         for conn in conns:
             conn.exec_driver_sql("DEALLOCATE ALL")
             conn.commit()
     finally:
         for conn in conns:
             conn.close()
+    return held
+
+
+def test_the_hot_statements_are_prepared_and_prepared_again_after_a_session_reset(
+        store: Store) -> None:
+    """On PostgreSQL fetch, commit and append run as server-side prepared statements; a
+    connection whose prepared statements were dropped prepares them again instead of
+    failing."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite caches its statements itself")
+    pid = store.producers.register("prepared")
+    assert store.producers.append("prepared", AppendRequest(pid, ["a"], seq=1)).first == 0
+    cid = store.consumers.register("pos")
+    for _ in range(3):
+        assert pairs(store.consumers.fetch("pos", cid, 5)[0].messages) == expected(0, 5, None)
+    held = deallocate_everywhere(store)
+    assert any("FROM lq_messages" in text for text in held), held  # the fetch
+    assert any("INSERT INTO lq_messages" in text for text in held), held  # the append
     assert pairs(store.consumers.fetch("pos", cid, 5)[0].messages) == expected(0, 5, None)
     assert store.consumers.commit("pos", cid, 4) == 4
     assert pairs(store.consumers.fetch("pos", cid, 2)[0].messages) == expected(4, 2, None)
+    deallocate_everywhere(store)
+    appended = store.producers.append("prepared", AppendRequest(pid, ["b", "c"], seq=2))
+    assert (appended.first, appended.last) == (1, 2)
+    again = store.producers.append("prepared", AppendRequest(pid, ["b", "c"], seq=2))
+    assert (again.first, again.last, again.duplicate) == (1, 2, True)
 
 
 @pytest.mark.parametrize("max_bytes", [8 * 1024 * 1024, 2_000])

@@ -7,9 +7,6 @@ other driver error is a bug and goes on as it is (a logged 500).
 
 from __future__ import annotations
 
-import itertools
-import re
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol
@@ -26,6 +23,7 @@ from ..models import (
     TOKEN_NAME_KEY,
     TOPIC_NAME_KEY,
 )
+from .prepared import dropped, ensure, forget, prepared
 
 
 class UniqueViolation(Exception):
@@ -118,59 +116,21 @@ class DriverCursor:
         return self.cursor
 
     def execute_prepared(self, statement: TextClause, params: Mapping[str, Any]) -> Any:
-        """`execute`, but on PostgreSQL planned once per connection, every parameter a
-        bigint: a fetch's planning took 0.2 ms and a commit's 0.3 of its 0.7 ms
-        (docs/profiles/README.md). Prepared again if the server forgot it."""
+        """`execute`, but on PostgreSQL as a prepared statement (prepared.py: planned once per
+        connection), every parameter a bigint; the connection in autocommit mode."""
         if self._dialect.name != "postgresql":
             return self.execute(statement, params)
-        name, prepare, run, names = _preparable(statement, self._dialect)
-        done = _PREPARED.setdefault(self.cursor.connection, set())
-        values = [params[param] for param in names]
-        if name not in done:
-            self._prepare(prepare)
-            done.add(name)
+        found = prepared(statement)
+        ensure(self.cursor, [found])
         try:
-            self.cursor.execute(run, values)
+            self.cursor.execute(found.execute, found.values(params))
         except Exception as exc:
-            if getattr(exc, "pgcode", None) != _UNKNOWN_STATEMENT:
+            if not dropped(exc):
                 raise
-            self._prepare(prepare)  # a session reset (DISCARD ALL, say) dropped it
-            self.cursor.execute(run, values)
+            forget(self.cursor)
+            ensure(self.cursor, [found])
+            self.cursor.execute(found.execute, found.values(params))
         return self.cursor
-
-    def _prepare(self, prepare: str) -> None:
-        """PREPARE, on a connection in autocommit mode (a failure would end a transaction);
-        one this connection holds already is fine."""
-        try:
-            self.cursor.execute(prepare)
-        except Exception as exc:
-            if getattr(exc, "pgcode", None) != _PREPARED_ALREADY:
-                raise
-
-
-#: By driver connection, the names of the statements prepared on it (PostgreSQL).
-_PREPARED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-_PREPARABLE: dict[int, tuple[str, str, str, tuple[str, ...]]] = {}
-_PREPARED_NAMES = itertools.count(1)
-_PARAM = re.compile(r"%\((\w+)\)s")
-_UNKNOWN_STATEMENT = "26000"  # invalid_sql_statement_name
-_PREPARED_ALREADY = "42P05"  # duplicate_prepared_statement
-
-
-def _preparable(statement: TextClause, dialect: Any) -> tuple[str, str, str, tuple[str, ...]]:
-    """The statement's server-side name, its PREPARE, its EXECUTE (driver placeholders) and
-    its parameter names in EXECUTE's order."""
-    found = _PREPARABLE.get(id(statement))
-    if found is None:
-        sql = str(statement.compile(dialect=dialect))
-        names = tuple(dict.fromkeys(_PARAM.findall(sql)))
-        numbered = _PARAM.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql)
-        name = f"lq_{next(_PREPARED_NAMES)}"
-        found = _PREPARABLE[id(statement)] = (
-            name, f"PREPARE {name} ({', '.join(['bigint'] * len(names))}) AS "
-            + numbered.replace("%%", "%"),
-            f"EXECUTE {name} ({', '.join(['%s'] * len(names))})", names)
-    return found
 
 
 @contextmanager

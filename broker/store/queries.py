@@ -82,17 +82,17 @@ DELETE_PRODUCER = text("DELETE FROM lq_producers WHERE id = :id AND topic_id = :
 # --- appends (appends.py): through the driver, plain DB-API strings ----------------------------
 # PostgreSQL: BEGIN, the counter row locked, then (a statement of its own, so with a snapshot
 # taken under the lock) the counter and the producers' seq state, in one round trip.
-LOCK_AND_READ_PG = (
-    "BEGIN; "
-    "SELECT next_offset FROM lq_topics WHERE id = %(topic)s FOR UPDATE; "
+# PostgreSQL: prepared statements (prepared.py), sent as EXECUTEs, several per query string.
+LOCK_COUNTER_PG = text("SELECT next_offset FROM lq_topics WHERE id = :topic FOR UPDATE")
+READ_PRODUCER_SEQS_PG = text(
     "SELECT t.next_offset, p.id, p.last_seq, p.last_first, p.last_last FROM lq_topics t "
-    "LEFT JOIN lq_producers p ON p.topic_id = t.id AND p.id = ANY(CAST(%(ids)s AS bigint[])) "
-    "WHERE t.id = %(topic)s")
-INSERT_MESSAGES_PG = "INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) VALUES "
-MESSAGE_ROW_PG = "(%s, %s, %s, %s)"
-SET_COUNTER_PG = "UPDATE lq_topics SET next_offset = %s WHERE id = %s"
-SET_PRODUCER_SEQ_PG = (
-    "UPDATE lq_producers SET last_seq = %s, last_first = %s, last_last = %s WHERE id = %s")
+    "LEFT JOIN lq_producers p ON p.topic_id = t.id AND p.id = ANY(:ids) WHERE t.id = :topic")
+APPEND_MESSAGE_PG = text("INSERT INTO lq_messages (topic_id, msg_offset, body, ts_us) "
+                         "VALUES (:topic, :offset, :body, :ts)")
+SET_COUNTER_PG = text("UPDATE lq_topics SET next_offset = :next WHERE id = :topic")
+SET_PRODUCER_SEQ_PG = text("UPDATE lq_producers SET last_seq = :seq, last_first = :first, "
+                           "last_last = :last WHERE id = :id")
+APPEND_TYPES_PG = {"ids": "bigint[]", "body": "text"}  # the others: bigint
 # SQLite: the write transaction's BEGIN IMMEDIATE is the lock.
 READ_COUNTER_SQLITE = "SELECT next_offset FROM lq_topics WHERE id = ?"
 PRODUCER_SEQS_SQLITE = (  # {ids}: one "?" per producer id
