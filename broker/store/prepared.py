@@ -7,6 +7,10 @@ first time it is used; a connection PREPAREs the ones it does not hold yet (in a
 mode: a failure there must not end a transaction) and then EXECUTEs them, alone or several
 in one query string. A connection whose prepared statements were dropped (DEALLOCATE, a
 session reset) answers `invalid_sql_statement_name`: `forget` it, and prepare again.
+
+The broker connects to PostgreSQL directly (ARCHITECTURE). A transaction-mode pooler
+(PgBouncer) in between would hand an EXECUTE to a server connection that never saw its
+PREPARE: supporting one would need these statements switched off.
 """
 
 from __future__ import annotations
