@@ -11,6 +11,8 @@ import pytest
 from runner_helpers import RunnerProcess
 from support import BrokerProcess, create_pg_database, drop_pg_database, postgres_available
 
+from sdk import Client
+
 # The tests choose their own configuration; a developer's environment must not leak in.
 _KEEP = ("LQ_REQUIRE_POSTGRES", "LQ_REQUIRE_BROWSER")
 for _key in [k for k in os.environ if k.startswith("LQ_") and k not in _KEEP]:
@@ -66,6 +68,13 @@ def broker(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Br
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with BrokerProcess(db_url, log_path=log) as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def client(broker: BrokerProcess) -> Iterator[Client]:
+    """An SDK client of the module's broker (a module may define its own)."""
+    with Client(broker.url) as c:
+        yield c
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,12 +31,6 @@ from sdk.transport import normalize_url, parse_urls
 @pytest.fixture
 def topic() -> str:
     return f"p-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(scope="module")
-def client(broker: BrokerProcess) -> Iterator[Client]:
-    with Client(broker.url) as c:
-        yield c
 
 
 def _drain(consumer: Consumer, topic: str) -> list[Message]:

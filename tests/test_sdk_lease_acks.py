@@ -92,12 +92,6 @@ class AckStrippingProxy:
         self.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def client(broker: BrokerProcess) -> Iterator[Client]:
-    with Client(broker.url) as c:
-        yield c
-
-
 @pytest.fixture
 def topic(client: Client) -> str:
     name = f"ack-{uuid.uuid4().hex[:12]}"

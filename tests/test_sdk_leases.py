@@ -8,19 +8,12 @@ import json
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from support import LQ, BrokerProcess, clean_env, wait_until
 
 from sdk import Client, Consumer, Message
 from sdk.exceptions import ERRORS_BY_CODE, Leased, LeaseLost
-
-
-@pytest.fixture(scope="module")
-def client(broker: BrokerProcess) -> Iterator[Client]:
-    with Client(broker.url) as c:
-        yield c
 
 
 @pytest.fixture
