@@ -27,7 +27,8 @@ from typing import Any
 
 from . import queries as q
 from .dialect import COPY_THRESHOLD, Dialect
-from .prepared import Prepared, dropped, ensure, forget, prepared
+from .driver import autocommit
+from .prepared import Prepared, execute, prepared
 
 LastSeq = tuple[int | None, int | None, int | None]  # a producer's last seq, first, last
 SeqUpdate = tuple[int, int, int, int]  # producer id, seq, first offset, last offset
@@ -69,13 +70,8 @@ class AppendSql:
 class PgAppendSql(AppendSql):
     @contextmanager
     def session(self, conn: Any) -> Iterator[None]:
-        conn.autocommit = True  # the statements carry BEGIN and COMMIT (one round trip less)
-        try:
-            with super().session(conn):
-                yield
-        finally:
-            if not conn.closed:
-                conn.autocommit = False  # as the pool hands connections out
+        with autocommit(conn), super().session(conn):  # the statements carry BEGIN, COMMIT
+            yield
 
     def lock_and_read(self, conn: Any, topic_id: int, producer_ids: Sequence[int]
                       ) -> tuple[int | None, dict[int, LastSeq]]:
@@ -83,16 +79,7 @@ class PgAppendSql(AppendSql):
         sql = f"BEGIN; {_LOCK.execute}; {_READ.execute}"
         values = _LOCK.values(params) + _READ.values(params)
         with conn.cursor() as cursor:
-            ensure(cursor, _STATEMENTS)
-            try:
-                cursor.execute(sql, values)
-            except Exception as exc:
-                if not dropped(exc):
-                    raise
-                cursor.execute("ROLLBACK")  # nothing written yet: prepare again, once
-                forget(cursor)
-                ensure(cursor, _STATEMENTS)
-                cursor.execute(sql, values)
+            execute(cursor, sql, values, _STATEMENTS)
             rows = cursor.fetchall()
         if not rows:
             return None, {}

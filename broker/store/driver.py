@@ -23,7 +23,8 @@ from ..models import (
     TOKEN_NAME_KEY,
     TOPIC_NAME_KEY,
 )
-from .prepared import dropped, ensure, forget, prepared
+from .prepared import execute as prepared_execute
+from .prepared import prepared
 
 
 class UniqueViolation(Exception):
@@ -121,16 +122,22 @@ class DriverCursor:
         if self._dialect.name != "postgresql":
             return self.execute(statement, params)
         found = prepared(statement)
-        ensure(self.cursor, [found])
-        try:
-            self.cursor.execute(found.execute, found.values(params))
-        except Exception as exc:
-            if not dropped(exc):
-                raise
-            forget(self.cursor)
-            ensure(self.cursor, [found])
-            self.cursor.execute(found.execute, found.values(params))
+        prepared_execute(self.cursor, found.execute, found.values(params), [found])
         return self.cursor
+
+
+@contextmanager
+def autocommit(dbapi_connection: Any) -> Iterator[Any]:
+    """The driver's connection in autocommit mode for the block: psycopg2 sends no BEGIN of
+    its own, so each statement is its own transaction, or the statements carry BEGIN and
+    COMMIT themselves (a round trip less); then back out of it, as the pool hands
+    connections out."""
+    dbapi_connection.autocommit = True
+    try:
+        yield dbapi_connection
+    finally:
+        if not dbapi_connection.closed:
+            dbapi_connection.autocommit = False
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from . import queries as q
 from . import reads
 from .caches import RegistrationGone
 from .database import Database
-from .driver import DriverCursor, driver_cursor
+from .driver import DriverCursor, autocommit, driver_cursor
 from .records import Row
 
 
@@ -62,14 +62,9 @@ class PgPositionSql(PositionSql):
     def _cursor(self, write: bool) -> Iterator[DriverCursor]:
         """A cursor in autocommit mode: each statement is its own transaction, and psycopg2
         sends no BEGIN of its own."""
-        with self.db.driver_connection(write) as conn:
-            conn.autocommit = True
-            try:
-                with conn.cursor() as cursor:
-                    yield DriverCursor(cursor, self.db.engine.dialect)
-            finally:
-                if not conn.closed:
-                    conn.autocommit = False  # as the pool hands connections out
+        with self.db.driver_connection(write) as conn, autocommit(conn), \
+                conn.cursor() as cursor:
+            yield DriverCursor(cursor, self.db.engine.dialect)
 
     def read(self, topic_id: int, consumer_id: int, offset: int | None, limit: int,
              max_bytes: int | None) -> tuple[int, list[Row]]:

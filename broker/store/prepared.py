@@ -6,7 +6,7 @@ Planning is a measurable share of the hot paths: 0.2 ms of a fetch, 0.3 ms of a 
 first time it is used; a connection PREPAREs the ones it does not hold yet (in autocommit
 mode: a failure there must not end a transaction) and then EXECUTEs them, alone or several
 in one query string. A connection whose prepared statements were dropped (DEALLOCATE, a
-session reset) answers `invalid_sql_statement_name`: `forget` it, and prepare again.
+session reset) answers `invalid_sql_statement_name`: `execute` prepares them again.
 
 The broker connects to PostgreSQL directly (ARCHITECTURE). A transaction-mode pooler
 (PgBouncer) in between would hand an EXECUTE to a server connection that never saw its
@@ -33,6 +33,7 @@ _BY_STATEMENT: dict[int, Prepared] = {}
 _HELD: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 UNKNOWN_STATEMENT = "26000"  # invalid_sql_statement_name
 PREPARED_ALREADY = "42P05"  # duplicate_prepared_statement
+_IDLE = 0  # psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def prepared(statement: TextClause, types: Mapping[str, str] | None = None) -> P
     return found
 
 
-def ensure(cursor: Any, statements: Sequence[Prepared]) -> None:
+def _ensure(cursor: Any, statements: Sequence[Prepared]) -> None:
     """PREPARE those of `statements` the cursor's connection does not hold yet (the
     connection in autocommit mode)."""
     held = _HELD.setdefault(cursor.connection, set())
@@ -76,11 +77,29 @@ def ensure(cursor: Any, statements: Sequence[Prepared]) -> None:
         held.add(statement.name)
 
 
-def forget(cursor: Any) -> None:
+def execute(cursor: Any, sql: str, values: Sequence[Any],
+            statements: Sequence[Prepared]) -> None:
+    """Run `sql` (EXECUTEs of `statements`, maybe within statements of its own) once the
+    connection holds `statements`; if the server dropped them meanwhile, roll back what `sql`
+    began, prepare them again and run it once more."""
+    _ensure(cursor, statements)
+    try:
+        cursor.execute(sql, values)
+    except Exception as exc:
+        if not _dropped(exc):
+            raise
+        if cursor.connection.info.transaction_status != _IDLE:
+            cursor.execute("ROLLBACK")  # the failed EXECUTE came first: nothing was written
+        _forget(cursor)
+        _ensure(cursor, statements)
+        cursor.execute(sql, values)
+
+
+def _forget(cursor: Any) -> None:
     """The cursor's connection holds none of them any more (it answered UNKNOWN_STATEMENT)."""
     _HELD.pop(cursor.connection, None)
 
 
-def dropped(exc: BaseException) -> bool:
+def _dropped(exc: BaseException) -> bool:
     """Whether `exc` says a prepared statement is gone from the server's session."""
     return getattr(exc, "pgcode", None) == UNKNOWN_STATEMENT
