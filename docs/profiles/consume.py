@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import closing
 
 import requests
-from measure import PAYLOAD, ROUNDS, Layer, Sample, run_layers
+from measure import PAYLOAD, ROUNDS, Layer, Sample, in_process, run_layers
 
 from sdk import Client
 from sdk.client import messages_from as sdk_messages
@@ -35,14 +35,7 @@ def http_consume_step(url: str, session: requests.Session, topic: str,
 
 
 def consume_layers(url: str, db_url: str, batches: int, pid: int) -> list[tuple[str, Sample]]:
-    from broker.app import create_app
-    from broker.store import get_store
-
-    app = create_app({"LQ_DATABASE_URL": db_url, "LQ_PRUNE_INTERVAL": 0})
-    store, flask_client = get_store(app), app.test_client()
-    client = Client(url)
-    topic = f"measure-c-{time.time_ns()}"
-    client.create_topic(topic)
+    store, flask_client, client, topic = in_process(url, db_url, "measure-c")
     producer = client.producer([topic])
     for _ in range(batches * (ROUNDS + 1) + 20):
         producer.send_many(topic, [PAYLOAD] * 1000)

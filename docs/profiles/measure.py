@@ -31,6 +31,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -273,15 +274,24 @@ def without_notify(store) -> None:
     store.producers._appended = store.wakeups.notify
 
 
+def in_process(url: str, db_url: str, prefix: str) -> tuple[Any, Any, Client, str]:
+    """The broker's app in this process on the served broker's database (its store and a
+    Flask test client), an SDK client of the served one, and a new topic."""
+    from broker.app import create_app
+    from broker.store import get_store
+
+    app = create_app({"LQ_DATABASE_URL": db_url, "LQ_PRUNE_INTERVAL": 0})
+    client = Client(url)
+    topic = f"{prefix}-{time.time_ns()}"
+    client.create_topic(topic)
+    return get_store(app), app.test_client(), client, topic
+
+
 def single_layers(url: str, db_url: str, calls: int, pid: int) -> list[tuple[str, Sample]]:
     from broker.app import create_app
     from broker.store import AppendRequest, get_store
 
-    app = create_app({"LQ_DATABASE_URL": db_url, "LQ_PRUNE_INTERVAL": 0})
-    store, flask_client = get_store(app), app.test_client()
-    client = Client(url)
-    topic = f"measure-{time.time_ns()}"
-    client.create_topic(topic)
+    store, flask_client, client, topic = in_process(url, db_url, "measure")
     seqs = itertools.count(time.time_ns() // 1000)
     session = requests.Session()
     session.trust_env = False
